@@ -1,0 +1,81 @@
+"""OpenVINO IR (.xml + .bin) through the ONNX of the same graph.
+
+The route is PyTorch -> ONNX (edgecnn.export.onnx) -> `openvino.convert_model` -> `save_model`:
+on this machine convert_model on a PT2E program failed to compile on CPU while the QDQ ONNX of the
+same graph compiled (docs ARCHITECTURE "Seen on this machine"). QDQ pairs become FakeQuantize,
+which the CPU plugin runs as int8. fp16: fp32 graph with weights compressed to float16
+(`compress_to_fp16`), computed at the device's precision. When the ONNX step fails (an operator
+ONNX cannot express), the float model goes through OpenVINO's own PyTorch frontend instead.
+The contract is embedded as rt_info key `edgecnn_contract` (JSON).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgecnn.export.base import EXPORTERS, FormatSpec, Job, Written, versions
+
+METADATA_KEY = "edgecnn_contract"
+
+
+def _convert(job: Job):
+    import openvino as ov
+
+    from edgecnn.export.onnx import DEFAULT_OPSET, to_onnx_proto
+
+    opset = job.config.opset or DEFAULT_OPSET
+    try:
+        proto, dynamic = to_onnx_proto(job.model, job.example_input, opset, job.config.dynamic_batch)
+    except Exception as onnx_error:   # noqa: BLE001
+        if job.precision == "int8":
+            raise
+        try:
+            model = ov.convert_model(job.model, example_input=job.example_input)
+        except Exception:   # noqa: BLE001  (report the first failure: it names the operator)
+            raise onnx_error from None
+        return model, "openvino.convert_model(torch)", None
+    import onnx
+
+    tmp = job.staging / f".{job.stem}.intermediate.onnx"
+    onnx.save_model(proto, str(tmp))
+    try:
+        model = ov.convert_model(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+    return model, "torch.onnx.export(dynamo=True) -> openvino.convert_model(onnx)", opset
+
+
+def _write(job: Job) -> Written:
+    import openvino as ov
+
+    model, route, opset = _convert(job)
+    inp, out = model.inputs[0], model.outputs[0]
+    model.inputs[0].get_tensor().set_names({"input"})
+    model.outputs[0].get_tensor().set_names({"logits"})
+    shape = [None if d.is_dynamic else d.get_length() for d in inp.get_partial_shape()]
+    oshape = [None if d.is_dynamic else d.get_length() for d in out.get_partial_shape()]
+    added = {"input": {"name": "input", "shape": shape, "layout": "NCHW",
+                       "dtype": inp.get_element_type().to_dtype().name, "quantization": None},
+             "output": {"name": "logits", "shape": oshape, "dtype": out.get_element_type().to_dtype().name,
+                        "quantization": None},
+             "exporter": {**versions("openvino", "onnx"), "route": route, "opset": opset,
+                          "dynamic_batch": shape[0] is None,
+                          "compress_to_fp16": job.precision == "fp16"}}
+    contract = {**job.contract, **added}
+    model.set_rt_info(json.dumps(contract, sort_keys=True), [METADATA_KEY])
+    main = job.staging / f"{job.stem}.xml"
+    ov.save_model(model, str(main), compress_to_fp16=job.precision == "fp16")
+    return Written(main, [main, main.with_suffix(".bin")], added)
+
+
+EXPORTERS.register("openvino")(FormatSpec(
+    name="openvino", suffix=".xml", precisions=("fp32", "fp16", "int8"), dynamic_batch=True,
+    io_dtypes={"fp32": ("float32",), "fp16": ("float32",), "int8": ("float32",)},
+    runtime="openvino", backend="openvino", write=_write,
+    notes="IR v11 (.xml + .bin); int8 as FakeQuantize from the QDQ ONNX; fp16 = fp16-compressed weights"))
+
+
+def export(model, example_input, path: str | Path, config=None, **kwargs):
+    """Write, verify and describe one OpenVINO IR artifact (see edgecnn.export.base.export_artifact)."""
+    from edgecnn.export.base import export_artifact
+    return export_artifact("openvino", model, example_input, path, config, **kwargs)
