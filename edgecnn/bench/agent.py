@@ -305,12 +305,20 @@ def _import_runtime(name):
 
 
 def _sidecar_quant(contract, side):
-    """(scale, zero_point) of the model's `side` ('input'/'output') from the sidecar, or None."""
-    q = (contract or {}).get("quantization") or {}
-    entry = q.get(side) if isinstance(q, dict) else None
-    if isinstance(entry, dict) and entry.get("scale") is not None:
-        return float(entry["scale"]), int(entry.get("zero_point", 0))
+    """(scale, zero_point) of the model's `side` ('input'/'output') from the sidecar, or None.
+    Sidecar schema edgecnn.artifact/1: {side: {..., quantization: {scale, zero_point, dtype} | null}}."""
+    entry = (contract or {}).get(side) or {}
+    q = entry.get("quantization") if isinstance(entry, dict) else None
+    if isinstance(q, dict) and q.get("scale") is not None:
+        return float(q["scale"]), int(q.get("zero_point", 0))
     return None
+
+
+def _need_quant(qparams, side, path):
+    if not qparams:
+        raise AgentError("%s: the model's %s is integer but neither the model nor its sidecar gives a scale and "
+                         "zero point. Copy the artifact together with its .json sidecar." % (path, side))
+    return qparams
 
 
 def _quantize(x, dtype, qparams):
@@ -341,7 +349,7 @@ class OnnxRuntimeSession:
 
     def run(self, x):
         if self.input_dtype in (np.int8, np.uint8):
-            x = _quantize(x, self.input_dtype, self.in_q)
+            x = _quantize(x, self.input_dtype, _need_quant(self.in_q, "input", "onnx"))
         else:
             x = x.astype(self.input_dtype, copy=False)
         y = self.session.run(None, {self.input_name: x})[0]
@@ -396,7 +404,7 @@ class LiteRTSession:
         dtype = self.inp["dtype"]
         if dtype in (np.int8, np.uint8):
             qp = self.inp.get("quantization") or (0.0, 0)
-            qp = qp if qp[0] else _sidecar_quant(self.contract, "input")
+            qp = qp if qp[0] else _need_quant(_sidecar_quant(self.contract, "input"), "input", "tflite")
             x = _quantize(x, dtype, qp)
         else:
             x = np.ascontiguousarray(x, dtype=dtype)
@@ -405,7 +413,7 @@ class LiteRTSession:
         y = self.interpreter.get_tensor(self.out["index"])
         if y.dtype in (np.int8, np.uint8):
             qp = self.out.get("quantization") or (0.0, 0)
-            qp = qp if qp[0] else _sidecar_quant(self.contract, "output")
+            qp = qp if qp[0] else _need_quant(_sidecar_quant(self.contract, "output"), "output", "tflite")
             y = _dequantize(y, qp)
         return np.asarray(y, dtype=np.float32).reshape(y.shape[0], -1)
 
@@ -442,8 +450,10 @@ def run_job(job, root="."):
     x = np.load(p(job["inputs"]))
     labels = np.load(p(job["labels"])) if job.get("labels") else None
     reference = np.load(p(job["reference"])) if job.get("reference") else None
-    measured, _ = measure_session(session.run, x, labels, reference, job.get("config"))
+    measured, logits = measure_session(session.run, x, labels, reference, job.get("config"))
     peak = peak_rss_mb()
+    if job.get("save_logits"):
+        np.save(p(job["save_logits"]), logits)
     return {"schema": SCHEMA, "ok": True, "load_s": round(load_s, 4), "peak_rss_mb": peak,
             "rss_added_mb": None if rss_before is None else round(peak - rss_before, 1),
             "measure": measured, "env": environment([job["runtime"]], threads)}

@@ -81,6 +81,7 @@ class Measurement:
     threads: int | None = None             # intra-op threads given to the runtime
     remote: bool = False                   # measured on another machine through the agent
     env: dict[str, Any] = field(default_factory=dict)   # CPU, flags, runtime versions, host
+    logits: str | None = None              # saved logits (.npy, path relative to the run directory)
 
     @property
     def ok(self) -> bool:
@@ -93,11 +94,12 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["size_mb"] = self.size_mb
+        d["artifact"] = self.name   # the key the report matches artifacts on
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Measurement":
-        d = {k: v for k, v in d.items() if k != "size_mb"}
+        d = {k: v for k, v in d.items() if k not in ("size_mb", "artifact")}
         return cls(**d)
 
 

@@ -50,8 +50,14 @@ def ssh_command(t: Target, remote_command: str) -> list[str]:
 
 
 def scp_command(t: Target, local_dir: Path, remote_dir: str) -> list[str]:
+    """Copy `local_dir` to `remote_dir` on the device (which must not exist yet)."""
     return ["scp", "-q", "-r", *_common_options(t), "-P", str(t.ssh.port), str(local_dir),
             f"{t.ssh.destination}:{remote_dir}"]
+
+
+def scp_fetch_command(t: Target, remote_path: str, local_path: Path) -> list[str]:
+    return ["scp", "-q", *_common_options(t), "-P", str(t.ssh.port), f"{t.ssh.destination}:{remote_path}",
+            str(local_path)]
 
 
 def _run(t: Target, argv: list[str], timeout: float, input: bytes | None = None,
@@ -131,8 +137,9 @@ def probe(t: Target) -> dict[str, Any]:
     return _agent_reply(t, r)["env"]
 
 
-def run_job(t: Target, job_dir: Path) -> dict[str, Any]:
-    """Copy `job_dir` (agent.py, job.json and data inside) to the device, run it, return its JSON."""
+def run_job(t: Target, job_dir: Path, fetch: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Copy `job_dir` (agent.py, job.json and data inside) to the device, run it, return its JSON.
+    Files named in `fetch` (written by the agent in its job folder) are copied back into `job_dir`."""
     s = t.ssh
     deadline = time.monotonic() + s.run_timeout_s
 
@@ -156,7 +163,13 @@ def run_job(t: Target, job_dir: Path) -> dict[str, Any]:
                                       f"(exit {r.returncode}): {err.strip()[-300:]}. Check that ssh.work_dir "
                                       f"'{s.work_dir}' is writable and the device has free disk space.")
         r = _ssh(t, f"cd {q(remote_dir)} && {q(s.python)} agent.py measure --job job.json", timeout=left())
-        return _agent_reply(t, r)
+        reply = _agent_reply(t, r)
+        for name in fetch:
+            r = _run(t, scp_fetch_command(t, f"{remote_dir}/{name}", job_dir / name), timeout=left(), what="scp")
+            if r.returncode != 0:
+                raise TargetError(t.name, f"fetching {name} from {s.destination}:{remote_dir} failed: "
+                                          f"{r.stderr.decode(errors='replace').strip()[-300:]}")
+        return reply
     finally:
         if not s.keep_files:
             try:  # best effort: a failed clean-up must not hide the job's own result or error
@@ -167,9 +180,11 @@ def run_job(t: Target, job_dir: Path) -> dict[str, Any]:
 
 def measure_remote(artifact: Any, t: Target, runtime: str, x: np.ndarray, labels: np.ndarray | None,
                    reference: np.ndarray | None, config: MeasureConfig, *, name: str | None = None,
-                   format: str = "", precision: str = "") -> Measurement:
-    """Measure one artifact on the device of `t` through the agent. `artifact` needs `.path`
-    (the file the runtime loads), `.files` (all its files) and optionally `.sidecar`."""
+                   format: str = "", precision: str = "", return_logits: bool = False
+                   ) -> tuple[Measurement, np.ndarray | None]:
+    """Measure one artifact on the device of `t` through the agent; returns the row and, with
+    `return_logits`, the logits the device computed. `artifact` needs `.path` (the file the runtime
+    loads), `.files` (all its files) and optionally `.sidecar`."""
     if not t.remote:
         raise TargetError(t.name, f"is kind '{t.kind}', not 'ssh'")
     if runtime not in t.runtimes:
@@ -203,10 +218,13 @@ def measure_remote(artifact: Any, t: Target, runtime: str, x: np.ndarray, labels
         if reference is not None:
             np.save(job_dir / "reference.npy", np.asarray(reference, dtype=np.float32))
             job["reference"] = "reference.npy"
+        if return_logits:
+            job["save_logits"] = "logits.npy"
         (job_dir / "job.json").write_text(json.dumps(job, indent=1))
-        reply = run_job(t, job_dir)
+        reply = run_job(t, job_dir, fetch=("logits.npy",) if return_logits else ())
+        logits = np.load(job_dir / "logits.npy") if return_logits else None
     row = Measurement(name=name or main.name, target=t.name, runtime=runtime, format=format, precision=precision,
                       load_s=reply.get("load_s"), peak_rss_mb=reply.get("peak_rss_mb"),
                       rss_added_mb=reply.get("rss_added_mb"), size_bytes=files_size(set(files) | {main}),
                       threads=job["threads"], remote=True, env=reply.get("env", {}))
-    return from_agent_result(reply["measure"], row)
+    return from_agent_result(reply["measure"], row), logits
