@@ -1,0 +1,743 @@
+"""int8 quantization on one PT2E graph: PTQ, QAT, and an accuracy-aware float fallback.
+
+The flow is PyTorch's graph-mode quantization:
+`torch.export.export(model).module()` -> `prepare_pt2e` / `prepare_qat_pt2e` (observers or fake
+quantizers inserted where the quantizer annotated the graph, conv+BN folded) -> calibrate or
+fine-tune -> `convert_pt2e` (a graph of float ops between quantize/dequantize pairs). That one
+graph is what every exporter reads: ONNX (QDQ), OpenVINO (via ONNX) and TFLite (litert-torch).
+
+Which quantizer, and why: litert-torch's `PT2EQuantizer` (with its
+`get_symmetric_quantization_config`). What it annotates is exactly what the three exporters lower
+to int8 kernels: int8 activations per tensor (asymmetric, -128..127), int8 weights symmetric
+(-127..127, zero point 0) per output channel or per tensor, float32 bias, and only ops every
+runtime has int8 kernels for (conv, conv+ReLU, linear, add, mul, cat, max/avg pool), with
+shape-only ops sharing their producer's scale. This is the TFLite int8 scheme, which ONNX QDQ and
+OpenVINO FakeQuantize both represent exactly, and on this machine its graphs ran in ONNX Runtime,
+OpenVINO and LiteRT with results identical to the fake-quant model (docs/ARCHITECTURE sketch:
+99.9% agreement on mnist5k). torchao's own `X86InductorQuantizer` targets Inductor codegen (uint8
+activations, patterns Inductor fuses) and gives graphs the litert converter does not take; the
+XNNPACK quantizer left torchao for ExecuTorch. Asymmetric int8 activations can still run on
+ONNX Runtime's fast u8s8 kernels: zero point z in int8 is z + 128 in uint8, same numbers.
+
+Two gaps in that quantizer are filled here, in `EdgeQuantizer`: its `set_module_name` refuses a
+`None` config (so a layer cannot be kept float), and its module-name filter parses
+`nn_module_stack` keys in a format torch 2.14's export no longer writes. We keep layers float by
+filtering nodes on the module path that export records (`nn_module_stack` values).
+
+Activation observers (`QuantizeConfig.observer`; weights are always min/max, symmetric, which is
+what every runtime's own int8 weight quantizer does):
+
+| name | PTQ | QAT | how the range is chosen |
+|---|---|---|---|
+| minmax | MinMaxObserver | FakeQuantize(MinMaxObserver) | full observed range |
+| moving_average | MovingAverageMinMaxObserver | FusedMovingAvgObsFakeQuantize | EMA of per-batch min/max |
+| histogram | HistogramObserver (litert's default) | refused | torch's approximate L2 search over a histogram |
+| percentile | PercentileObserver (here) | refused | clip at the p-th / (100-p)-th percentile |
+| mse | MSEObserver (here) | refused | grid search for the range with least expected squared error |
+
+QAT refuses the histogram-based observers: a fake quantizer would redo the range search on every
+training step, and training adapts the weights to the range anyway.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from edgecnn.config import check, to_dict
+from edgecnn.errors import CheckpointError, EdgecnnError
+from edgecnn.registry import Registry
+from edgecnn.train import TrainConfig
+
+__all__ = ["QuantizeConfig", "QuantizeResult", "quantize", "quantize_stage", "save_quantized",
+           "load_quantized", "quantizable_layers", "ACTIVATION_OBSERVERS"]
+
+Observer = Literal["minmax", "moving_average", "histogram", "percentile", "mse"]
+_CONV_LINEAR = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.linear")
+_BN_TARGETS = ("aten.batch_norm.default", "aten._native_batch_norm_legit.default",
+               "aten.cudnn_batch_norm.default")
+
+
+def _qat_train_defaults() -> TrainConfig:
+    # QAT starts from a trained model: a few epochs at a tenth of the training lr, short warmup.
+    return TrainConfig(epochs=3, lr=3e-4, warmup_epochs=0.0)
+
+
+@dataclass
+class QuantizeConfig:
+    mode: Literal["ptq", "qat"] = "ptq"     # post-training calibration, or quantization-aware training
+    per_channel: bool = True                # weights: symmetric int8 per output channel; false: per tensor
+    observer: Observer | None = None        # activation range observer; null: histogram (PTQ), moving_average (QAT)
+    percentile: float = 99.99               # observer 'percentile' only: clip range, percent of values kept
+    calibration_samples: int = 256          # images that set activation ranges (PTQ; QAT initial ranges)
+    calibration: str | None = None          # manifest under calibration/ (or a path); null: data's calibration split
+    calibration_batch_size: int = 32        # images per calibration forward pass
+    bias_correction: bool = False           # PTQ: subtract each conv/linear's mean output shift due to int8 weights
+    train: TrainConfig = field(default_factory=_qat_train_defaults)   # QAT fine-tuning (epochs, lr, ...)
+    distill_from_float: bool = True         # QAT: add a KL loss towards the float model's logits
+    distill_weight: float = 0.5             # QAT: share of the KL term in the loss, 0..1
+    distill_temperature: float = 2.0        # QAT: softmax temperature of the KL term
+    freeze_bn_after: int | None = 2         # QAT: epochs after which BN running stats stop updating; null: never
+    freeze_observers_after: int | None = 2  # QAT: epochs after which activation/weight ranges stop updating
+    max_accuracy_drop: float | None = None  # percentage points of val top-1 int8 may lose; null: no fallback
+    fallback_candidates: int = 8            # most layers tried (in sensitivity order) for keeping in float
+    sensitivity_samples: int = 1000         # val images used to rank layers and test each fallback step
+    float_layers: list[str] = field(default_factory=list)   # module names always kept float (e.g. 'classifier.2')
+
+    def __post_init__(self):
+        check(self.calibration_samples >= 1, "calibration_samples", f"{self.calibration_samples} must be >= 1")
+        check(self.calibration_batch_size >= 1, "calibration_batch_size", "must be >= 1")
+        check(50.0 < self.percentile <= 100.0, "percentile", f"{self.percentile} is outside (50, 100]")
+        check(0.0 <= self.distill_weight <= 1.0, "distill_weight", f"{self.distill_weight} is outside [0, 1]")
+        check(self.distill_temperature > 0, "distill_temperature", "must be > 0")
+        for k in ("freeze_bn_after", "freeze_observers_after"):
+            v = getattr(self, k)
+            check(v is None or v >= 0, k, f"{v} must be >= 0 epochs (or null: never)")
+        check(self.max_accuracy_drop is None or self.max_accuracy_drop >= 0, "max_accuracy_drop",
+              f"{self.max_accuracy_drop} must be >= 0 percentage points")
+        check(self.fallback_candidates >= 1, "fallback_candidates", "must be >= 1")
+        check(self.sensitivity_samples >= 1, "sensitivity_samples", "must be >= 1")
+        if self.mode == "qat":
+            check(self.observer in (None, "minmax", "moving_average"), "observer",
+                  f"'{self.observer}' is a PTQ calibration observer; QAT needs one its fake quantizers can "
+                  "update every step: use moving_average (the default) or minmax, or mode: ptq")
+            check(not self.bias_correction, "bias_correction",
+                  "applies to PTQ only (QAT trains the bias with the weights): set it to false")
+
+    @property
+    def resolved_observer(self) -> str:
+        return self.observer or ("moving_average" if self.mode == "qat" else "histogram")
+
+
+# ---------------------------------------------------------------------------------------------
+# Observers
+# ---------------------------------------------------------------------------------------------
+
+def _observer_classes():
+    """The two histogram-based observers this module adds; built lazily (torchao is heavy)."""
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    class PercentileObserver(HistogramObserver):
+        """Range = [(100-p)th, p-th] percentile of everything observed (read off the histogram)."""
+
+        def __init__(self, percentile: float = 99.99, **kwargs):
+            super().__init__(**kwargs)
+            self.percentile = percentile
+
+        def _non_linear_param_search(self):
+            hist = self.histogram
+            total = hist.sum()
+            edges = torch.linspace(float(self.min_val), float(self.max_val), self.bins + 1)
+            cdf = torch.cumsum(hist, 0) / total
+            tail = (100.0 - self.percentile) / 100.0
+            lo = int(torch.searchsorted(cdf, torch.tensor(tail)))
+            hi = int(torch.searchsorted(cdf, torch.tensor(1.0 - tail)))
+            return edges[lo].to(self.min_val), edges[min(hi + 1, self.bins)].to(self.max_val)
+
+    class MSEObserver(HistogramObserver):
+        """Range with the least expected squared quantization error over the observed histogram.
+
+        Grid search over shrinking each end of the observed range (40 x 40 candidates); the error
+        of a candidate is sum over bins of count * (center - fakequant(center))^2, clipping included.
+        """
+
+        grid = 40
+
+        def _non_linear_param_search(self):
+            lo0, hi0 = float(self.min_val), float(self.max_val)
+            edges = torch.linspace(lo0, hi0, self.bins + 1, dtype=torch.float64)
+            centers = (edges[1:] + edges[:-1]) / 2
+            hist = self.histogram.double()
+            fracs = torch.linspace(1.0 / self.grid, 1.0, self.grid, dtype=torch.float64)
+            lows = torch.unique(torch.minimum(torch.tensor(0.0, dtype=torch.float64), lo0 * fracs)) \
+                if lo0 < 0 else torch.tensor([lo0], dtype=torch.float64)
+            highs = torch.unique(torch.maximum(torch.tensor(0.0, dtype=torch.float64), hi0 * fracs)) \
+                if hi0 > 0 else torch.tensor([hi0], dtype=torch.float64)
+            qmin, qmax = self.quant_min, self.quant_max
+            lo = torch.minimum(lows[:, None], torch.zeros(1, dtype=torch.float64))    # (L, 1)
+            hi = torch.maximum(highs[None, :], torch.zeros(1, dtype=torch.float64))   # (1, H)
+            scale = torch.clamp((hi - lo) / (qmax - qmin), min=float(self.eps))        # (L, H)
+            zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+            q = torch.clamp(torch.round(centers[None, None] / scale[..., None]) + zp[..., None], qmin, qmax)
+            err = (((q - zp[..., None]) * scale[..., None] - centers[None, None]) ** 2 * hist).sum(-1)
+            i, j = divmod(int(torch.argmin(err)), err.shape[1])
+            return (torch.tensor(float(lows[i])).to(self.min_val),
+                    torch.tensor(float(highs[j])).to(self.max_val))
+
+    return PercentileObserver, MSEObserver
+
+
+# name -> factory(cfg) -> observer-or-fake-quantize constructor for activations
+ACTIVATION_OBSERVERS: Registry[Callable[[QuantizeConfig], Any]] = Registry("activation observer")
+_EPS = 2 ** -12   # smallest scale; litert's configs use the same
+
+
+@ACTIVATION_OBSERVERS.register("minmax")
+def _minmax(cfg: QuantizeConfig):
+    from torchao.quantization.pt2e import FakeQuantize, MinMaxObserver
+
+    if cfg.mode == "qat":
+        return FakeQuantize.with_args(observer=MinMaxObserver, eps=_EPS)
+    return MinMaxObserver.with_args(eps=_EPS)
+
+
+@ACTIVATION_OBSERVERS.register("moving_average")
+def _moving_average(cfg: QuantizeConfig):
+    from torchao.quantization.pt2e import FusedMovingAvgObsFakeQuantize, MovingAverageMinMaxObserver
+
+    if cfg.mode == "qat":
+        return FusedMovingAvgObsFakeQuantize.with_args(eps=_EPS)
+    return MovingAverageMinMaxObserver.with_args(eps=_EPS)
+
+
+@ACTIVATION_OBSERVERS.register("histogram")
+def _histogram(cfg: QuantizeConfig):
+    from torchao.quantization.pt2e import HistogramObserver
+
+    return HistogramObserver.with_args(eps=_EPS)
+
+
+@ACTIVATION_OBSERVERS.register("percentile")
+def _percentile(cfg: QuantizeConfig):
+    return _observer_classes()[0].with_args(percentile=cfg.percentile, eps=_EPS)
+
+
+@ACTIVATION_OBSERVERS.register("mse")
+def _mse(cfg: QuantizeConfig):
+    return _observer_classes()[1].with_args(eps=_EPS)
+
+
+def quantization_config(cfg: QuantizeConfig):
+    """litert's symmetric config with our activation observer swapped in."""
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+
+    base = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_qat=cfg.mode == "qat")
+    ctor = ACTIVATION_OBSERVERS.get(cfg.resolved_observer, key="quantize.observer")(cfg)
+    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=ctor)
+    return dataclasses.replace(base, input_activation=act, output_activation=act)
+
+
+def _module_path(node: torch.fx.Node) -> str | None:
+    """The module path export recorded for a node ('features.3.0'), or None (inputs, constants)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    return list(stack.values())[-1][0]
+
+
+def _in_modules(path: str | None, names: Iterable[str]) -> bool:
+    return path is not None and any(path == n or path.startswith(n + ".") for n in names)
+
+
+def make_quantizer(cfg: QuantizeConfig, float_layers: Iterable[str] = ()):
+    """An `EdgeQuantizer` (litert's PT2EQuantizer keeping `float_layers` unannotated, i.e. float)."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    class EdgeQuantizer(PT2EQuantizer):
+        def __init__(self, config, keep_float: tuple[str, ...]):
+            super().__init__()
+            self.set_global(config)
+            self.keep_float = keep_float
+
+        def _annotate_for_static_quantization_config(self, model):
+            keep = self.keep_float
+            self._annotate_all_static_patterns(model, self.global_config,
+                                               lambda n: not _in_modules(_module_path(n), keep))
+            return model
+
+    return EdgeQuantizer(quantization_config(cfg), tuple(float_layers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Graph helpers
+# ---------------------------------------------------------------------------------------------
+
+def _batch_dim() -> Any:
+    return torch.export.Dim("batch", min=1, max=65536)
+
+
+def export_graph(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """`torch.export` with a dynamic batch dimension, unlifted to a GraphModule."""
+    try:
+        ep = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
+    except Exception as e:  # noqa: BLE001 - export errors are many types; all mean the same to a user
+        raise EdgecnnError(f"quantize: torch.export could not capture {type(model).__name__} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:300]}). PT2E quantization needs "
+                           "an exportable model: remove data-dependent Python control flow from forward().") from e
+    return ep.module()
+
+
+def quantizable_layers(graph: torch.fx.GraphModule) -> list[str]:
+    """Module paths of the conv and linear layers in an exported graph, in graph order."""
+    out: list[str] = []
+    for n in graph.graph.nodes:
+        if n.op == "call_function" and str(n.target).startswith(_CONV_LINEAR):
+            p = _module_path(n)
+            if p and p not in out:
+                out.append(p)
+    return out
+
+
+def _count_ops(graph: torch.fx.GraphModule, prefixes: tuple[str, ...]) -> int:
+    return sum(1 for n in graph.graph.nodes if n.op == "call_function" and str(n.target).startswith(prefixes))
+
+
+def _quantized_layers(qgraph: torch.fx.GraphModule) -> list[str]:
+    """conv/linear layers whose weight input is a dequantize node (i.e. ran in int8)."""
+    out = []
+    for n in qgraph.graph.nodes:
+        if n.op == "call_function" and str(n.target).startswith(_CONV_LINEAR):
+            w = n.args[1]
+            if isinstance(w, torch.fx.Node) and "dequantize" in str(w.target):
+                out.append(_module_path(n))
+    return out
+
+
+def _is_observer(m: nn.Module) -> bool:
+    from torchao.quantization.pt2e import FakeQuantizeBase, ObserverBase
+
+    return isinstance(m, (ObserverBase, FakeQuantizeBase))
+
+
+@torch.no_grad()
+def _bias_correct(prepared: torch.fx.GraphModule, batches: list[torch.Tensor]) -> list[str]:
+    """Empirical bias correction (Nagel et al. 2019, sec. 4.2) on a calibrated, not yet converted graph.
+
+    For each conv/linear with an observed weight and a bias: E[layer(x; W_int8 - W)] per output
+    channel over the calibration images is the output shift that int8 weights add; subtract it from
+    the bias. Matters most for depthwise convs (9 weights per channel, coarse per-tensor scales).
+    """
+    import torch.nn.functional as F
+
+    targets: dict[torch.fx.Node, tuple[torch.Tensor, str]] = {}
+    for n in prepared.graph.nodes:
+        if not (n.op == "call_function" and str(n.target).startswith(_CONV_LINEAR)):
+            continue
+        w_obs, bias = n.args[1], n.args[2] if len(n.args) > 2 else None
+        if not (isinstance(w_obs, torch.fx.Node) and w_obs.op == "call_module" and isinstance(bias, torch.fx.Node)
+                and bias.op == "get_attr" and w_obs.args[0].op == "get_attr"):
+            continue
+        obs = prepared.get_submodule(w_obs.target)
+        w = _get_attr(prepared, w_obs.args[0].target)
+        scale, zp = obs.calculate_qparams()
+        if obs.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine):
+            wq = torch.fake_quantize_per_channel_affine(w, scale.float(), zp.int(), obs.ch_axis,
+                                                        obs.quant_min, obs.quant_max)
+        else:
+            wq = torch.fake_quantize_per_tensor_affine(w, float(scale), int(zp), obs.quant_min, obs.quant_max)
+        targets[n] = (wq - w, bias.target)
+    if not targets:
+        return []
+    sums: dict[torch.fx.Node, torch.Tensor] = {}
+    count = [0]
+
+    class Recorder(torch.fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            mod = self.module.get_submodule(target)
+            return args[0] if _is_observer(mod) else super().call_module(target, args, kwargs)
+
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in targets:
+                x = self.env[n.args[0]] if isinstance(n.args[0], torch.fx.Node) else n.args[0]
+                dw = targets[n][0]
+                if "linear" in str(n.target):
+                    shift = F.linear(x, dw).flatten(0, -2).mean(0)
+                else:
+                    a = list(n.args) + [None] * (7 - len(n.args))
+                    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[dw.dim()]
+                    kw = {k: v for k, v in zip(("stride", "padding", "dilation", "groups"), a[3:7]) if v is not None}
+                    shift = conv(x, dw, None, **kw).transpose(0, 1).flatten(1).mean(1)
+                sums[n] = sums.get(n, 0) + shift * len(x)
+            return out
+
+    rec = Recorder(prepared)
+    for x in batches:
+        rec.run(x)
+        count[0] += len(x)
+    names = []
+    for n, (_, bias_target) in targets.items():
+        b = _get_attr(prepared, bias_target)
+        b.sub_(sums[n] / count[0])
+        names.append(_module_path(n))
+    return names
+
+
+def _get_attr(gm: nn.Module, target: str) -> torch.Tensor:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# PTQ / QAT
+# ---------------------------------------------------------------------------------------------
+
+def _ptq(graph: torch.fx.GraphModule, cfg: QuantizeConfig, batches: list[torch.Tensor],
+         float_layers: Iterable[str] = (), timings: dict[str, float] | None = None,
+         bias_corrected: list[str] | None = None) -> torch.fx.GraphModule:
+    """prepare_pt2e -> calibrate -> (bias correction) -> convert_pt2e on a copy of `graph`."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    timings = timings if timings is not None else {}
+    t = time.perf_counter()
+    prepared = prepare_pt2e(copy.deepcopy(graph), make_quantizer(cfg, float_layers))
+    timings["prepare"] = timings.get("prepare", 0) + time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+    timings["calibrate"] = timings.get("calibrate", 0) + time.perf_counter() - t
+    if cfg.bias_correction:
+        t = time.perf_counter()
+        names = _bias_correct(prepared, batches)
+        if bias_corrected is not None:
+            bias_corrected[:] = names
+        timings["bias_correction"] = timings.get("bias_correction", 0) + time.perf_counter() - t
+    t = time.perf_counter()
+    q = convert_pt2e(prepared)
+    timings["convert"] = timings.get("convert", 0) + time.perf_counter() - t
+    return q
+
+
+def _freeze_bn(graph: torch.fx.GraphModule) -> None:
+    """Use running statistics in BN (training=False) while the rest keeps training."""
+    changed = False
+    for n in graph.graph.nodes:
+        if n.op == "call_function" and str(n.target) in _BN_TARGETS and n.args[5] is not False:
+            args = list(n.args)
+            args[5] = False
+            n.args = tuple(args)
+            changed = True
+    if changed:
+        graph.recompile()
+
+
+def _qat(model: nn.Module, cfg: QuantizeConfig, data, batches: list[torch.Tensor],
+         float_layers: Iterable[str], seed: int, timings: dict[str, float]
+         ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
+                                           move_exported_model_to_train)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from edgecnn.train import FitHooks, fit
+
+    t = time.perf_counter()
+    student = copy.deepcopy(model).cpu().train()   # exported in train mode: BN batch stats, dropout on
+    example = batches[0][:2] if len(batches[0]) >= 2 else torch.cat([batches[0], batches[0]])[:2]
+    graph = export_graph(student, example)
+    prepared = prepare_qat_pt2e(graph, make_quantizer(cfg, float_layers))
+    timings["export"] = timings.get("export", 0) + time.perf_counter() - t
+
+    # Initial ranges from the calibration images, BN in eval mode, so epoch 1 starts from PTQ-like scales.
+    t = time.perf_counter()
+    move_exported_model_to_eval(prepared)
+    prepared.apply(enable_observer)
+    with torch.no_grad():
+        for x in batches:
+            prepared(x)
+    timings["calibrate"] = timings.get("calibrate", 0) + time.perf_counter() - t
+
+    state = {"bn_frozen": False, "obs_frozen": False}
+
+    def on_epoch_start(m: nn.Module, epoch: int) -> None:
+        if cfg.freeze_observers_after is not None and epoch >= cfg.freeze_observers_after:
+            state["obs_frozen"] = True
+        if cfg.freeze_bn_after is not None and epoch >= cfg.freeze_bn_after:
+            state["bn_frozen"] = True
+
+    def train_mode(m: nn.Module) -> None:
+        move_exported_model_to_train(m)
+        if state["bn_frozen"]:
+            _freeze_bn(m)
+        m.apply(disable_observer if state["obs_frozen"] else enable_observer)
+
+    def eval_mode(m: nn.Module) -> None:
+        move_exported_model_to_eval(m)
+        m.apply(disable_observer)   # validation images must not move the ranges
+
+    loss = None
+    if cfg.distill_from_float and cfg.distill_weight > 0:
+        teacher = copy.deepcopy(model).cpu().eval()
+        w, temp = cfg.distill_weight, cfg.distill_temperature
+        ce = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+
+        def loss(m, x, y, logits):
+            with torch.no_grad():
+                t_logits = teacher(x)
+            kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
+                          reduction="batchmean", log_target=True) * temp * temp
+            return (1 - w) * ce(logits, y) + w * kd
+
+    t = time.perf_counter()
+    train_cfg = dataclasses.replace(cfg.train, device="cpu")   # PT2E graphs here are captured on CPU
+    result = fit(prepared, data, train_cfg, FitHooks(loss=loss, on_epoch_start=on_epoch_start,
+                                                      train_mode=train_mode, eval_mode=eval_mode),
+                 seed=seed, description="qat")
+    timings["qat"] = time.perf_counter() - t
+    move_exported_model_to_eval(prepared)
+    t = time.perf_counter()
+    q = convert_pt2e(prepared)
+    timings["convert"] = timings.get("convert", 0) + time.perf_counter() - t
+    return q, result.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy-aware fallback
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _logits(model: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([model(x) for x in xs]).float()
+
+
+def _score(logits: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(top-1 percent, KL(float || int8) in nats per image): accuracy, and a tie-breaker with resolution."""
+    import torch.nn.functional as F
+
+    top1 = 100.0 * (logits.argmax(1) == labels).float().mean().item()
+    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(ref, 1), reduction="batchmean",
+                  log_target=True).item()
+    return top1, kl
+
+
+def _search_float_layers(graph: torch.fx.GraphModule, cfg: QuantizeConfig, batches: list[torch.Tensor],
+                         val_x: list[torch.Tensor], val_y: torch.Tensor, ref: torch.Tensor, float_top1: float,
+                         timings: dict[str, float]) -> dict[str, Any]:
+    """Greedy float fallback, ranked by leave-one-out sensitivity, judged by PTQ on the val images."""
+    budget = cfg.max_accuracy_drop
+    kept = list(cfg.float_layers)
+    t0 = time.perf_counter()
+    base = _ptq(graph, cfg, batches, kept)
+    top1, kl = _score(_logits(base, val_x), val_y, ref)
+    out: dict[str, Any] = {"int8_val_top1_all_layers": round(top1, 2), "float_val_top1": round(float_top1, 2),
+                           "sensitivity": [], "float_layers": [], "budget_met": float_top1 - top1 <= budget}
+    if out["budget_met"]:
+        out["message"] = f"all layers int8 lose {float_top1 - top1:.2f} points on val, within {budget}"
+        timings["search"] = time.perf_counter() - t0
+        return out
+
+    # Sensitivity: quantize everything except one layer; the more that recovers, the more sensitive.
+    sens = []
+    for layer in quantizable_layers(graph):
+        if layer in kept:
+            continue
+        q = _ptq(graph, cfg, batches, kept + [layer])
+        l_top1, l_kl = _score(_logits(q, val_x), val_y, ref)
+        sens.append({"layer": layer, "val_top1_when_float": round(l_top1, 2),
+                     "recovers_points": round(l_top1 - top1, 2), "kl_when_float": round(l_kl, 6)})
+    sens.sort(key=lambda s: (-s["val_top1_when_float"], s["kl_when_float"]))
+    out["sensitivity"] = sens
+
+    cur_top1, cur_kl = top1, kl
+    for s in sens[:cfg.fallback_candidates]:
+        trial = kept + [s["layer"]]
+        q = _ptq(graph, cfg, batches, trial)
+        t_top1, t_kl = _score(_logits(q, val_x), val_y, ref)
+        if t_top1 > cur_top1 or (t_top1 == cur_top1 and t_kl < cur_kl):
+            out["float_layers"].append({"layer": s["layer"], "val_top1_before": round(cur_top1, 2),
+                                        "val_top1_after": round(t_top1, 2),
+                                        "recovered_points": round(t_top1 - cur_top1, 2),
+                                        "val_top1_alone_float": s["val_top1_when_float"]})
+            kept, cur_top1, cur_kl = trial, t_top1, t_kl
+            if float_top1 - cur_top1 <= budget:
+                break
+    out["budget_met"] = float_top1 - cur_top1 <= budget
+    out["int8_val_top1"] = round(cur_top1, 2)
+    out["kept_float"] = kept
+    out["message"] = (f"kept {len(kept)} layer(s) float; val drop {float_top1 - cur_top1:.2f} points "
+                      f"(budget {budget})" if out["budget_met"] else
+                      f"budget of {budget} points not reached: best val drop {float_top1 - cur_top1:.2f} points "
+                      f"with {len(kept)} layer(s) float after trying {min(len(sens), cfg.fallback_candidates)} "
+                      "candidates. Raise quantize.fallback_candidates or quantize.max_accuracy_drop, or use "
+                      "mode: qat.")
+    timings["search"] = time.perf_counter() - t0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class QuantizeResult:
+    model: torch.fx.GraphModule          # the converted (Q/DQ) graph; eval only
+    config: QuantizeConfig
+    float_test: dict[str, float]         # evaluate() of the input model on 'test'
+    int8_test: dict[str, float]          # evaluate() of the quantized graph on 'test'
+    calibration: dict[str, Any]          # source, count, indices/files, sha256
+    float_layers: list[dict[str, Any]]   # layers kept float by the fallback, with what each recovered
+    kept_float: list[str]                # every module left float (config.float_layers + fallback)
+    quantized_layers: list[str]          # conv/linear layers that run in int8
+    fallback: dict[str, Any] | None      # the accuracy-aware search record, when it ran
+    qat: dict[str, Any] | None           # FitResult.to_dict() of the QAT fine-tuning
+    bias_corrected: list[str]
+    bn_folded: int                       # batch-norm ops folded into convolutions
+    timings: dict[str, float]            # seconds per step
+    seconds: float
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Top-1 points lost on 'test' (positive: int8 is worse)."""
+        return round(self.float_test["top1"] - self.int8_test["top1"], 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": to_dict(self.config), "observer": self.config.resolved_observer,
+                "quantizer": "litert_torch PT2EQuantizer (symmetric int8 weights, int8 activations)",
+                "float_test": self.float_test, "int8_test": self.int8_test, "accuracy_drop": self.accuracy_drop,
+                "calibration": self.calibration, "float_layers": self.float_layers,
+                "kept_float": self.kept_float, "quantized_layers": len(self.quantized_layers),
+                "fallback": self.fallback, "qat": self.qat, "bias_corrected": self.bias_corrected,
+                "bn_folded": self.bn_folded, "timings": {k: round(v, 2) for k, v in self.timings.items()},
+                "seconds": round(self.seconds, 2)}
+
+
+def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
+             root: str | Path | None = None) -> QuantizeResult:
+    """int8 PTQ or QAT of `model` on one PT2E graph; `model` itself is left unmodified.
+
+    `root` is where `calibration/` manifests are looked up (default: the current directory).
+    """
+    from edgecnn.compress.calibration import load_calibration
+    from edgecnn.train import evaluate
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    calib = load_calibration(data, config.calibration_samples, config.calibration,
+                             batch_size=config.calibration_batch_size, root=root)
+    was_training = model.training
+    float_model = copy.deepcopy(model).cpu().eval()
+    model.train(was_training)
+
+    t = time.perf_counter()
+    graph = export_graph(float_model, calib.batches[0])
+    timings["export"] = time.perf_counter() - t
+    layers = quantizable_layers(graph)
+    unknown_layers = [n for n in config.float_layers if not any(_in_modules(l, [n]) for l in layers)]
+    if unknown_layers:
+        from edgecnn.errors import did_you_mean
+        raise EdgecnnError(f"quantize.float_layers: {unknown_layers} name no conv or linear layer of this "
+                           f"model.{did_you_mean(unknown_layers[0], layers)} Layers: {', '.join(layers)}.")
+
+    t = time.perf_counter()
+    float_test = evaluate(float_model, data, "test")
+    timings["evaluate"] = time.perf_counter() - t
+
+    fallback = None
+    kept = list(config.float_layers)
+    if config.max_accuracy_drop is not None:
+        val_x, val_y = data.tensors("val", limit=config.sensitivity_samples)
+        val_x = list(val_x.split(256))
+        ref = _logits(float_model, val_x)
+        float_top1, _ = _score(ref, val_y, ref)
+        fallback = _search_float_layers(graph, config, calib.batches, val_x, val_y, ref, float_top1, timings)
+        kept = fallback.get("kept_float", kept)
+
+    bias_corrected: list[str] = []
+    qat_record = None
+    if config.mode == "ptq":
+        qmodel = _ptq(graph, config, calib.batches, kept, timings, bias_corrected)
+    else:
+        qmodel, qat_record = _qat(model, config, data, calib.batches, kept, seed, timings)
+
+    t = time.perf_counter()
+    int8_test = evaluate(qmodel, data, "test")
+    timings["evaluate"] += time.perf_counter() - t
+    bn_before = _count_ops(graph, ("aten.batch_norm", "aten._native_batch_norm"))
+    bn_after = _count_ops(qmodel, ("aten.batch_norm", "aten._native_batch_norm"))
+    return QuantizeResult(
+        model=qmodel, config=config, float_test=float_test, int8_test=int8_test, calibration=calib.info,
+        float_layers=(fallback or {}).get("float_layers", []), kept_float=kept,
+        quantized_layers=_quantized_layers(qmodel), fallback=fallback, qat=qat_record,
+        bias_corrected=bias_corrected, bn_folded=bn_before - bn_after, timings=timings,
+        seconds=time.perf_counter() - t_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpointing the quantized program
+# ---------------------------------------------------------------------------------------------
+
+def save_quantized(path: str | Path, qmodel: torch.fx.GraphModule, example_input: torch.Tensor) -> Path:
+    """Write the quantized graph as a `torch.export` program (.pt2, dynamic batch), atomically."""
+    from edgecnn.io import atomic_path
+
+    path = Path(path)
+    ep = torch.export.export(qmodel, (example_input,), dynamic_shapes=({0: _batch_dim()},))
+    with atomic_path(path, suffix=".pt2") as tmp:
+        torch.export.save(ep, tmp)
+    return path
+
+
+def _pickled_payloads(path: Path) -> list[str]:
+    """Entries of a .pt2 archive that `torch.export.load` would unpickle (and so could run code)."""
+    import json
+
+    risky = []
+    with zipfile.ZipFile(path) as z:
+        for name in z.namelist():
+            if name.endswith(("weights_config.json", "constants_config.json")):
+                cfg = json.loads(z.read(name)).get("config", {})
+                for fqn, meta in cfg.items():
+                    p = meta.get("path_name", "")
+                    if meta.get("use_pickle") or p.startswith(("custom_obj", "opaque")):
+                        risky.append(f"{name}:{fqn}")
+            elif "/data/weights/" in name and name.endswith(".pt") or "/data/constants/" in name and name.endswith(".pt"):
+                risky.append(name)   # legacy payloads: torch falls back to weights_only=False on them
+    return risky
+
+
+def load_quantized(path: str | Path, allow_pickle: bool = False) -> torch.fx.GraphModule:
+    """Load a program written by `save_quantized` as a GraphModule, ready for export or inference.
+
+    `torch.export.load` unpickles some payloads with `weights_only=False` (custom objects, legacy or
+    non-tensor weights), which can run arbitrary code. A program written by `save_quantized` has
+    none: the graph is JSON and the tensors raw bytes. So those payloads are refused unless
+    `allow_pickle` (only for files you trust).
+    """
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  registers quantized_decomposed ops
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such quantized program. Run the quantize stage first.")
+    try:
+        risky = _pickled_payloads(path)
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path}: not a torch.export program (.pt2 zip archive).") from None
+    if risky and not allow_pickle:
+        raise CheckpointError(f"{path}: {len(risky)} payload(s) would be unpickled, which can run code "
+                              f"(first: {risky[0]}). save_quantized never writes these; pass allow_pickle=True "
+                              "only if you trust the file.")
+    return torch.export.load(path).module()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipeline stage
+# ---------------------------------------------------------------------------------------------
+
+def quantize_stage(ctx, cfg: QuantizeConfig):
+    """Pipeline stage: quantize `ctx.model`, checkpoint the program, report metrics."""
+    from edgecnn.io import write_json
+    from edgecnn.pipeline import StageResult
+
+    stage_dir = Path(ctx.stage_dir)
+    result = quantize(ctx.model, cfg, ctx.data, seed=ctx.seed)
+    program = save_quantized(stage_dir / "quantized.pt2", result.model, ctx.data.example_input(2))
+    report = write_json(stage_dir / "quantize.json", result.to_dict())
+    metrics = {"float_top1": result.float_test["top1"], "int8_top1": result.int8_test["top1"],
+               "accuracy_drop": result.accuracy_drop, "float_layers": len(result.kept_float),
+               "quantized_layers": len(result.quantized_layers), "calibration_images": result.calibration["count"],
+               "seconds": round(result.seconds, 2)}
+    if result.fallback is not None:
+        metrics["budget_met"] = result.fallback["budget_met"]
+    return StageResult(model=None, quantized=program, metrics=metrics,
+                       files={"quantized": program, "report": report})
