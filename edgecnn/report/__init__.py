@@ -183,15 +183,24 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 def write_reports(run_dir: Path, manifest: dict[str, Any], cfg) -> dict[str, Path]:
     """Write report.json and the formats `cfg.formats` names ('md', 'html') into `run_dir`."""
+    run_dir = Path(run_dir)
+    return write_report_files(run_dir, build_report(manifest, run_dir, cfg), getattr(cfg, "formats", None))
+
+
+def write_report_files(run_dir: Path, report: dict[str, Any], formats: list[str] | None = None,
+                       gates: list[dict[str, Any]] | None = None) -> dict[str, Path]:
+    """Write a built report; `gates` (edgecnn.report.gates results) are stored in report.json under
+    'gates' and shown first in report.md and report.html."""
     from edgecnn.report.markdown import render_markdown
 
     run_dir = Path(run_dir)
-    report = build_report(manifest, run_dir, cfg)
-    formats = getattr(cfg, "formats", None) or ["json", "md", "html"]
+    formats = formats or ["json", "md", "html"]
+    if gates is not None:
+        report = {**report, "gates": gates}
     paths = {"json": write_json(run_dir / "report.json", report)}
     if "md" in formats:
-        paths["md"] = write_text(run_dir / "report.md", render_markdown(report))
+        paths["md"] = write_text(run_dir / "report.md", render_markdown(report, gates))
     if "html" in formats:
         from edgecnn.report.html import render_html
-        paths["html"] = write_text(run_dir / "report.html", render_html(report, run_dir))
+        paths["html"] = write_text(run_dir / "report.html", render_html(report, run_dir, gates))
     return paths
