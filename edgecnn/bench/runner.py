@@ -27,7 +27,8 @@ from edgecnn.bench.targets import RuntimeMissing, Target, TargetError, TargetUna
 from edgecnn.config import check
 from edgecnn.errors import EdgecnnError
 
-__all__ = ["BenchConfig", "measure_artifact", "measure_module", "verify_stage", "pick_runtime", "pinned"]
+__all__ = ["BenchConfig", "measure_artifact", "measure_module", "reference_logits", "verify_stage", "pick_runtime",
+           "pinned", "failed_row"]
 
 # A format's own runtime first; the agent on a remote device has adapters for these only.
 _FORMAT_RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",), "tflite": ("litert",),
@@ -84,8 +85,9 @@ def pick_runtime(fmt: str, target: Target) -> str:
     for r in candidates:
         if r in target.runtimes and (not target.remote or r in agent.ADAPTERS):
             return r
+    # skipped, not failed: the profile says the device has no runtime for this format
     raise RuntimeMissing(target.name, f"no runtime for {fmt} artifacts: it needs one of {', '.join(candidates)}, "
-                                      f"the target lists {', '.join(target.runtimes)}.")
+                                      f"the target lists {', '.join(target.runtimes)}.", status="skipped")
 
 
 def _artifact(artifact: Any) -> Any:
@@ -112,11 +114,8 @@ def _inputs(data: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray | None
 
 
 def _require_cuda(target: Target) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise TargetUnavailable(target.name, "no CUDA GPU here (torch.cuda.is_available() is False); skipped. "
-                                             "Run on a machine with an NVIDIA GPU, or drop this target.")
+    from edgecnn.bench.targets import _require_cuda as require
+    require(target)
 
 
 @contextlib.contextmanager
@@ -221,9 +220,12 @@ def reference_logits(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
                                for i in range(0, len(x), batch)])
 
 
-def _failed(name: str, target: str, err: BaseException, *, runtime: str = "", fmt: str = "", precision: str = "",
-            status: str = "failed") -> Measurement:
+def failed_row(name: str, target: str, err: BaseException, *, runtime: str = "", fmt: str = "",
+               precision: str = "") -> Measurement:
+    """The row recorded when a measurement could not be made: 'skipped' when that is by design
+    (no GPU on this machine, no runtime for the format in the profile), else 'failed'."""
     msg = str(err) if isinstance(err, EdgecnnError) else f"{type(err).__name__}: {err}"
+    status = getattr(err, "status", "failed") if isinstance(err, TargetError) else "failed"
     return Measurement(name=name, target=target, runtime=runtime, format=fmt, precision=precision, status=status,
                        error=msg)
 
@@ -279,14 +281,12 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
         label = REFERENCE_NAME if art is None else Path(art.path).name
         fmt, precision = ("torch", "fp32") if art is None else (art.format, art.precision)
         if isinstance(t, TargetError):
-            keep(_failed(label, tname, t, fmt=fmt, precision=precision), None)
+            keep(failed_row(label, tname, t, fmt=fmt, precision=precision), None)
             continue
         if art is None and (not cfg.reference or t.remote or "torch" not in t.runtimes):
             continue
         if tname in unavailable:  # one unreachable device: no point retrying it per artifact
-            e = unavailable[tname]
-            keep(_failed(label, t.name, e, fmt=fmt, precision=precision,
-                         status="skipped" if t.kind == "cuda" else "failed"), None)
+            keep(failed_row(label, t.name, unavailable[tname], fmt=fmt, precision=precision), None)
             continue
         progress.status(f"{label} @ {t.name}")
         try:
@@ -297,14 +297,10 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
                 row, logits = _measure_artifact(art, t, x, labels, ref, mcfg, runtime, cfg.save_logits)
         except TargetUnavailable as e:
             unavailable[tname] = e
-            targets[tname] = {"status": "skipped" if t.kind == "cuda" else "failed", "error": str(e)}
-            keep(_failed(label, t.name, e, fmt=fmt, precision=precision, status=targets[tname]["status"]), None)
-        except RuntimeMissing as e:
-            # the profile does not list a runtime for this format: by design, not a failure
-            status = "skipped" if "no runtime for" in str(e) else "failed"
-            keep(_failed(label, t.name, e, fmt=fmt, precision=precision, status=status), None)
+            targets[tname] = {"status": e.status, "error": str(e)}
+            keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)
         except Exception as e:  # noqa: BLE001 - one artifact's failure must not lose the other rows
-            keep(_failed(label, t.name, e, fmt=fmt, precision=precision), None)
+            keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)
         else:
             keep(row, logits)
 

@@ -31,8 +31,9 @@ _PACKAGED_TARGETS = Path(__file__).resolve().parent / "targets"
 class TargetError(EdgecnnError):
     """A target profile is missing or invalid, or measuring on it failed."""
 
-    def __init__(self, target: str, message: str):
+    def __init__(self, target: str, message: str, status: str = "failed"):
         self.target = target
+        self.status = status    # the row status a caller records: 'failed', or 'skipped' by design (no GPU here)
         super().__init__(f"target '{target}': {message}" if target else message)
 
 
@@ -249,4 +250,5 @@ def _require_cuda(t: Target) -> None:
         ok = False
     if not ok:
         raise TargetUnavailable(t.name, "no CUDA GPU here (torch.cuda.is_available() is False). Run on a "
-                                        "machine with an NVIDIA GPU and a CUDA build of torch, or drop this target.")
+                                        "machine with an NVIDIA GPU and a CUDA build of torch, or drop this target.",
+                                status="skipped")
