@@ -273,7 +273,7 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
         if tname not in loaded:
             try:
                 loaded[tname] = load_target(tname)
-                targets[tname] = {"status": "ok", "error": None}
+                targets[loaded[tname].name] = {"status": "ok", "error": None}
             except TargetError as e:
                 loaded[tname] = e
                 targets[tname] = {"status": "failed", "error": str(e)}
@@ -297,7 +297,7 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
                 row, logits = _measure_artifact(art, t, x, labels, ref, mcfg, runtime, cfg.save_logits)
         except TargetUnavailable as e:
             unavailable[tname] = e
-            targets[tname] = {"status": e.status, "error": str(e)}
+            targets[t.name] = {"status": e.status, "error": str(e)}
             keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)
         except Exception as e:  # noqa: BLE001 - one artifact's failure must not lose the other rows
             keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)

@@ -42,12 +42,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_target(path: Path, name: str, **ssh) -> Path:
-    import yaml
-
-    runtimes = ssh.pop("runtimes", ["onnxruntime"])
-    path.write_text(yaml.safe_dump({"name": name, "kind": "ssh", "threads": 1, "runtimes": runtimes, "ssh": ssh}))
-    return path
+@pytest.fixture
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (just freed)."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")
