@@ -63,14 +63,56 @@ def _stage_entry(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _target_budgets(names: list[str], verify_metrics: dict[str, Any]) -> dict[str, Any]:
-    """{target: {budgets, kind, description}} as recorded by verify, else read from the profiles now."""
+def export_artifacts(entry: dict[str, Any], run_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The export stage's artifacts as dicts: its `artifacts` list when it records one; else its
+    per-artifact metrics (`{format}_{precision}: {file, bytes, top1_agreement, ...}`), completed
+    from the artifacts' sidecars (contract, sha256, verification) when the run directory is at hand."""
+    m = entry.get("metrics") or {}
+    if isinstance(m.get("artifacts"), list):
+        return [a for a in m["artifacts"] if isinstance(a, dict)]
+    sha = {Path(o["path"]).name: o.get("sha256") for o in (entry.get("outputs") or {}).values()
+           if isinstance(o, dict) and o.get("path")}
+    sidecars = {}
+    for rel in (entry.get("state") or {}).get("artifacts") or []:
+        p = Path(run_dir) / rel if run_dir is not None else None
+        if p is not None and p.is_file():
+            try:
+                side = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            sidecars[side.get("file") or Path(rel).stem] = (side, str(Path(rel).parent / side.get("file", "")))
+    out = []
+    for key, v in m.items():
+        if not (isinstance(v, dict) and v.get("file")):
+            continue
+        fmt, _, precision = key.rpartition("_")
+        side, path = sidecars.get(v["file"], ({}, None))
+        verification = dict(side.get("verification") or {})
+        for k in ("top1_agreement", "max_abs_diff", "samples", "runtime"):
+            if v.get(k) is not None:
+                verification.setdefault(k, v[k])
+        contract = {k: x for k, x in side.items() if k != "verification"}
+        out.append({"name": v["file"], "format": side.get("format") or fmt, "precision": side.get("precision") or precision,
+                    "path": path or v["file"], "size_bytes": v.get("bytes"),
+                    "sha256": side.get("sha256") or sha.get(v["file"]), "contract": contract or None,
+                    "verification": verification})
+    return out
+
+
+def _target_budgets(names: list[str], verify_metrics: dict[str, Any],
+                    rows: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """{target: {budgets, kind, description, ...}}: the limits verify recorded (in `targets`, or per
+    row as `budgets: {name: {limit, value, ok}}`), else read from the target profiles now."""
     recorded = verify_metrics.get("targets")
     out: dict[str, Any] = {}
     if isinstance(recorded, dict):
-        out.update({k: v for k, v in recorded.items() if isinstance(v, dict)})
+        out.update({k: dict(v) for k, v in recorded.items() if isinstance(v, dict)})
     elif isinstance(recorded, list):
-        out.update({t["name"]: t for t in recorded if isinstance(t, dict) and t.get("name")})
+        out.update({t["name"]: dict(t) for t in recorded if isinstance(t, dict) and t.get("name")})
+    for r in rows:
+        if isinstance(r.get("budgets"), dict) and r.get("target"):
+            b = out.setdefault(r["target"], {}).setdefault("budgets", {})
+            b.update({k: v["limit"] for k, v in r["budgets"].items() if isinstance(v, dict) and v.get("limit") is not None})
     for name in names:
         if name in out and "budgets" in out[name]:
             continue
@@ -98,10 +140,11 @@ def build_report(manifest: dict[str, Any], run_dir: Path | None = None, cfg: Any
     for entry in stages_in.values():
         m = entry.get("metrics") or {}
         if entry.get("kind") == "export" or "artifacts" in m:
-            artifacts_in = list(m.get("artifacts") or artifacts_in)
+            artifacts_in = export_artifacts(entry, run_dir) or artifacts_in
         if entry.get("kind") == "verify" or "measurements" in m:
             verify = m
-    measurements = [normalize_measurement(x) for x in verify.get("measurements") or [] if isinstance(x, dict)]
+    raw_rows = [x for x in verify.get("measurements") or [] if isinstance(x, dict)]
+    measurements = [normalize_measurement(x) for x in raw_rows]
     artifacts = [normalize_artifact(a, measurements) for a in artifacts_in if isinstance(a, dict)]
     attached = {id(m) for a in artifacts for m in a["measurements"]}
     reference = [m for m in measurements if id(m) not in attached]
@@ -121,7 +164,7 @@ def build_report(manifest: dict[str, Any], run_dir: Path | None = None, cfg: Any
         "recipe": recipe, "recipe_hash": manifest.get("recipe_hash"),
         "environment": environment(), "data": manifest.get("data"),
         "stages": stages, "artifacts": artifacts, "reference": reference,
-        "targets": _target_budgets(targets, verify), "pareto": pareto,
+        "targets": _target_budgets(targets, verify, raw_rows), "pareto": pareto,
         "predictions": {"labels": verify.get("labels"), "indices": verify.get("indices")},
         "consistency": None, "per_class": None, "notes": notes,
     }

@@ -52,11 +52,19 @@ def run_per_class(report: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     labels_rel = (report.get("predictions") or {}).get("labels")
     notes = []
-    if not labels_rel or not (Path(run_dir) / labels_rel).is_file():
-        notes.append("no test labels saved by the verify stage (metrics field 'labels': a .npy of the "
-                     "measured images' classes), so no per-class precision/recall or confusion matrix")
-        return {"artifacts": {}, "notes": notes}
-    labels = np.load(Path(run_dir) / labels_rel, allow_pickle=False)
+    rows = [m for a in report.get("artifacts") or [] for m in a.get("measurements") or []]
+    if not any(m.get("logits") or m.get("predictions") for m in rows + list(report.get("reference") or [])):
+        return {"artifacts": {}, "notes": ["no per-class figures: no measurement saved per-image logits"]}
+    if labels_rel and (Path(run_dir) / labels_rel).is_file():
+        labels = np.load(Path(run_dir) / labels_rel, allow_pickle=False)
+    else:
+        labels, why = labels_from_data(report)
+        if labels is None:
+            notes.append("no per-class precision/recall or confusion matrix: the verify stage saved no test labels "
+                         f"(metrics field 'labels', an int .npy of the measured images' classes) and {why}")
+            return {"artifacts": {}, "notes": notes}
+        notes.append("per-class figures use test labels re-read from the recipe's data source (same fingerprint "
+                     "as the run): the verify stage saved none")
     names = (report.get("data") or {}).get("classes")
     out = {}
     sources = [(a["name"], a.get("measurements") or []) for a in report.get("artifacts") or []]
@@ -70,3 +78,22 @@ def run_per_class(report: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         else:
             notes.append(f"{name}: no per-image outputs saved, left out of the per-class tables")
     return {"artifacts": out, "notes": notes}
+
+
+def labels_from_data(report: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+    """The test split's labels, in order, re-read from the recipe's data source when its
+    fingerprint still matches the run's (the verify stage measures a prefix of that split)."""
+    data = report.get("data") or {}
+    recipe_data = (report.get("recipe") or {}).get("data")
+    if not recipe_data or not data.get("fingerprint"):
+        return None, "the report has no data source to re-read them from"
+    try:
+        from edgecnn.config import from_dict
+        from edgecnn.data import DataConfig, load_data
+
+        bundle = load_data(from_dict(DataConfig, recipe_data, "data"), (report.get("recipe") or {}).get("seed", 0))
+    except Exception as e:  # noqa: BLE001 - a data source that no longer loads only costs this section
+        return None, f"re-reading the data source failed ({e})"
+    if bundle.fingerprint != data["fingerprint"]:
+        return None, "the data source changed since the run (fingerprint differs)"
+    return bundle.tensors("test")[1].numpy(), ""

@@ -110,12 +110,18 @@ def normalize_artifact(a: dict[str, Any], measurements: list[dict[str, Any]]) ->
         "size_bytes": size,
         "sha256": a.get("sha256") or contract.get("sha256"),
         "contract": contract or None,
-        "verification": {"top1_agreement": _first(v, "top1_agreement", "agreement"),
+        "verification": {"top1_agreement": _percent(_first(v, "top1_agreement", "agreement")),
                          "max_abs_diff": v.get("max_abs_diff"), "n": _first(v, "n", "samples"),
                          "passed": _first(v, "passed", "ok"), **{k: x for k, x in v.items() if k not in (
                              "top1_agreement", "agreement", "max_abs_diff", "n", "samples", "passed", "ok")}},
         "measurements": rows,
     }
+
+
+def _percent(v: Any) -> Any:
+    """Export verification records agreement as a share (0..1), measurements as percent; the
+    report uses percent throughout. A verified artifact agreeing on <= 1% of images does not occur."""
+    return round(100.0 * v, 2) if isinstance(v, (int, float)) and 0 <= v <= 1.0 else v
 
 
 def measurement_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

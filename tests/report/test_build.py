@@ -111,7 +111,23 @@ def test_without_saved_logits_the_report_says_so(fake_run):
     del manifest["stages"]["verify"]["metrics"]["labels"]
     r = build_report(manifest, run_dir)
     assert r["consistency"]["groups"] == {} and r["per_class"]["artifacts"] == {}
-    assert any("'logits'" in n for n in r["notes"]) and any("'labels'" in n for n in r["notes"])
+    assert any("'logits'" in n for n in r["notes"]) and any("per-class" in n for n in r["notes"])
+
+
+def test_labels_reread_from_data_when_verify_saved_none(fake_run, monkeypatch):
+    import numpy as np
+
+    from edgecnn.report import classes
+    run_dir, manifest = fake_run
+    labels = np.load(run_dir / "verify" / "labels.npy")
+    del manifest["stages"]["verify"]["metrics"]["labels"]
+    monkeypatch.setattr(classes, "labels_from_data", lambda report: (labels, ""))
+    r = build_report(manifest, run_dir)
+    assert r["per_class"]["artifacts"]["model_fp32.onnx"]["top1"] == 96.5
+    assert any("re-read from the recipe's data source" in n for n in r["notes"])
+    monkeypatch.setattr(classes, "labels_from_data", lambda report: (None, "the data source changed"))
+    r = build_report(manifest, run_dir)
+    assert r["per_class"]["artifacts"] == {} and any("the data source changed" in n for n in r["notes"])
 
 
 def test_load_report_reads_report_manifest_or_run_dir(fake_run, tmp_path):
