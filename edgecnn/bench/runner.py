@@ -285,22 +285,26 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
             continue
         if art is None and (not cfg.reference or t.remote or "torch" not in t.runtimes):
             continue
+        try:
+            runtime = "torch" if art is None else pick_runtime(art.format, t)
+        except RuntimeMissing as e:   # the profile has no runtime for this format: skipped by design
+            keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)
+            continue
         if tname in unavailable:  # one unreachable device: no point retrying it per artifact
-            keep(failed_row(label, t.name, unavailable[tname], fmt=fmt, precision=precision), None)
+            keep(failed_row(label, t.name, unavailable[tname], runtime=runtime, fmt=fmt, precision=precision), None)
             continue
         progress.status(f"{label} @ {t.name}")
         try:
             if art is None:
                 row, logits = measure_module(model, t, (x, labels), ref, mcfg)
             else:
-                runtime = pick_runtime(art.format, t)
                 row, logits = _measure_artifact(art, t, x, labels, ref, mcfg, runtime, cfg.save_logits)
         except TargetUnavailable as e:
             unavailable[tname] = e
             targets[t.name] = {"status": e.status, "error": str(e)}
-            keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)
+            keep(failed_row(label, t.name, e, runtime=runtime, fmt=fmt, precision=precision), None)
         except Exception as e:  # noqa: BLE001 - one artifact's failure must not lose the other rows
-            keep(failed_row(label, t.name, e, fmt=fmt, precision=precision), None)
+            keep(failed_row(label, t.name, e, runtime=runtime, fmt=fmt, precision=precision), None)
         else:
             keep(row, logits)
 

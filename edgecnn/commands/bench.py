@@ -61,6 +61,8 @@ def bench(artifact: Path = typer.Argument(..., help="Artifact file (.onnx, .xml,
           data: Optional[str] = typer.Option(None, "--data", help="Data source for the test split (default: the "
                                              "one in the sidecar); 'none': random inputs, latency only."),
           seed: int = typer.Option(0, "--seed", help="The recipe's seed: it decides which images are the test split."),
+          repeat: int = typer.Option(1, "--repeat", help="Measure this many times in a row and report how much "
+                                     "the p50s differ (latency stability)."),
           json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the measurements to this file."),
           ):
     """Measure an artifact on one or more targets: accuracy, latency (p50/p90/p99), throughput, memory."""
@@ -73,16 +75,27 @@ def bench(artifact: Path = typer.Argument(..., help="Artifact file (.onnx, .xml,
     art = Artifact.load(artifact)
     cfg = MeasureConfig(runs=runs, warmup=warmup, time_budget_s=time_budget, throughput_batch=batch, limit=limit)
     x, y = _test_data(art.contract, data, seed, limit)
+    if repeat < 1:
+        raise EdgecnnError(f"--repeat: {repeat} must be >= 1.")
     rows = []
     for name in target:
         t = load_target(name)
         if threads is not None:
             t = dataclasses.replace(t, threads=threads)
-        try:
-            rows.append(measure_artifact(art, t, (x, y), None, cfg))
-        except TargetError as e:   # one bad target must not hide the others' figures
-            rows.append(failed_row(art.path.name, t.name, e, fmt=art.format, precision=art.precision))
+        for _ in range(repeat):
+            try:
+                rows.append(measure_artifact(art, t, (x, y), None, cfg))
+            except TargetError as e:   # one bad target must not hide the others' figures
+                rows.append(failed_row(art.path.name, t.name, e, fmt=art.format, precision=art.precision))
+                break
     _print_rows(rows)
+    if repeat > 1:
+        for name in dict.fromkeys(r.target for r in rows):
+            p50 = [r.latency_ms["p50"] for r in rows if r.target == name and r.ok]
+            if len(p50) > 1:
+                spread = 100.0 * (max(p50) - min(p50)) / min(p50)
+                typer.echo(f"{name}: p50 over {len(p50)} repeats {', '.join(f'{v:.4f}' for v in p50)} ms; "
+                           f"spread {spread:.1f}% of the lowest")
     if json_out:
         write_json(json_out, [r.to_dict() for r in rows])
         typer.echo(f"wrote {json_out}")
