@@ -120,7 +120,21 @@ def _register_commands() -> None:
         importlib.import_module(f"edgecnn.commands.{info.name}").register(app)
 
 
+def _quiet_backends() -> None:
+    """Keep TensorFlow/absl and torch's deprecation chatter out of the user's terminal."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_backends()
     progress.enable(True)
     _register_commands()
     try:

@@ -202,6 +202,8 @@ class Pipeline:
         from edgecnn.models import save_checkpoint
 
         recipe = self.recipe
+        for stale in self.run_dir.rglob(".*.tmp"):   # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         manifest = load_manifest(self.run_dir)
         recipe_hash = recipe.hash()
         manifest.update(recipe=recipe.to_dict(), recipe_hash=recipe_hash,
