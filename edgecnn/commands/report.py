@@ -73,9 +73,9 @@ def report_command(run: Path, runs: Path = Path("runs"), compare: Path | None = 
     gated = bool(results) or compare is not None or max_size is not None
     paths = write_report_files(run_dir, report, cfg.formats, results if gated else None)
     c = console()
-    c.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    c.print("wrote " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
     if junit is not None:
-        c.print(f"wrote {to_junit(results, junit)} ({len(results)} test cases)")
+        c.print(f"wrote {to_junit(results, junit)} ({len(results)} test cases)", soft_wrap=True)
     if not gated:
         return 0
     failed = failures(results)
@@ -85,9 +85,9 @@ def report_command(run: Path, runs: Path = Path("runs"), compare: Path | None = 
     summary = (f"{len(results) - len(failed) - skipped} passed, {len(failed)} failed, {skipped} skipped"
                + (f" against {compare}" if compare else ""))
     if failed:
-        c.print(f"[bold red]gates failed[/]: {summary}")
+        c.print(f"[bold red]gates failed[/]: {summary}", soft_wrap=True)
         return EXIT_GATE_FAILED
-    c.print(f"[green]gates passed[/]: {summary}")
+    c.print(f"[green]gates passed[/]: {summary}", soft_wrap=True)
     return 0
 
 

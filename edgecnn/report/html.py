@@ -204,7 +204,9 @@ def _section_consistency(report: dict[str, Any]) -> str:
         if m["flagged"]:
             out.append(_table(["a", "b", "agreement %", "images differ", "max logit diff", "image indices"],
                               [[f["a"], f["b"], fmt(f["top1_agreement"]), f["n_differ"], fmt(f["max_abs_diff"], 4),
-                                ", ".join(map(str, f["indices"])) + (" ..." if f["truncated"] else "")]
+                                Raw('<span style="white-space:normal;display:inline-block;min-width:340px">'
+                                    + e(", ".join(map(str, f["indices"])) + (" ..." if f["truncated"] else ""))
+                                    + "</span>")]
                                for f in m["flagged"]], left=2))
         else:
             out.append(f'<p class="ok">every pair agrees on at least {e(m["threshold"])}% of images</p>')

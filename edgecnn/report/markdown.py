@@ -107,8 +107,13 @@ def _gates(gates: list[dict[str, Any]]) -> list[str]:
             else f"**Gates: all {sum(g['status'] == 'passed' for g in gates)} passed**")
     out = ["## Gates", "", head, ""]
     shown = failed or [g for g in gates if g["status"] != "skipped"]
+    cap = 40   # a job summary stays short; report.json and the JUnit file hold every result
+    more = len(shown) - cap
+    shown = shown[:cap]
     if shown:
         out += _table(["", "artifact", "target", "bound", "value", "limit", "detail"],
                       [["❌" if g["status"] == "failed" else "✅", g["artifact"], g.get("target") or DASH, g["bound"],
                         fmt(g.get("value"), 3), fmt(g.get("limit"), 3), g.get("message", "")] for g in shown])
+    if more > 0:
+        out += ["", f"... and {more} more (report.json 'gates')."]
     return out + [""]
