@@ -31,6 +31,9 @@ def print_summary(result, paths: dict[str, Path]) -> None:
         c.print(f"open the report: xdg-open {paths['html']}")
     elif "md" in paths:
         c.print(f"report: {paths['md']}")
+    if report["artifacts"]:
+        c.print(f"gate a later run against this one: edgecnn report RUN --compare {paths['json']} "
+                "--max-accuracy-drop 1 --max-latency-regression 25", soft_wrap=True)
 
 
 def _f(v, nd: int = 2) -> str:
