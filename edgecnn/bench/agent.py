@@ -259,8 +259,10 @@ DEFAULTS = {"runs": 200, "warmup": 20, "time_budget_s": None, "min_runs": 20, "e
             "throughput_batch": 32, "throughput_seconds": 2.0}
 
 
-def measure_session(run, x, labels=None, reference=None, config=None, clock=time.perf_counter):
-    """Accuracy, agreement, batch-1 latency and throughput of `run(x) -> logits` on inputs `x`."""
+def measure_session(run, x, labels=None, reference=None, config=None, clock=time.perf_counter, fixed_batch=None):
+    """Accuracy, agreement, batch-1 latency and throughput of `run(x) -> logits` on inputs `x`.
+    fixed_batch: the batch the model was built for when it has one (a session may still take any
+    batch by running chunks, but then batching is no faster: throughput is measured at that batch)."""
     cfg = dict(DEFAULTS)
     cfg.update(config or {})
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -279,6 +281,8 @@ def measure_session(run, x, labels=None, reference=None, config=None, clock=time
     samples = time_runs(run, x[:1], cfg["warmup"], cfg["runs"], cfg["time_budget_s"], cfg["min_runs"], clock)
     out["latency_ms"] = latency_stats(samples)
     tb = int(cfg["throughput_batch"] or 0)
+    if fixed_batch:
+        tb = min(tb, int(fixed_batch))
     if tb > 1 and supports_batch(run, x, tb):
         out["throughput"] = {"batch": tb, "images_per_s": throughput(run, x, tb, cfg["throughput_seconds"],
                                                                        clock=clock)}
@@ -381,21 +385,35 @@ class LiteRTSession:
         self.contract = contract or {}
         self.inp = self.interpreter.get_input_details()[0]
         self.out = self.interpreter.get_output_details()[0]
+        signature = list(self.inp.get("shape_signature", self.inp["shape"]))
+        # A converter writes a fixed batch (usually 1) into the graph, reshapes included: resizing such
+        # a model gives wrong shapes, so it is run in chunks of its batch, the last one padded.
+        self.dynamic = bool(signature) and signature[0] == -1
         self.batch = int(self.inp["shape"][0])
-
-    def _nhwc(self, x):
-        """Whether the model takes channels last: the sidecar says so, or the shape shows it."""
         layout = (self.contract.get("input") or {}).get("layout") if isinstance(self.contract.get("input"), dict) \
             else None
-        if layout:
-            return layout.upper() == "NHWC"
         shape = list(self.inp["shape"])
-        return len(shape) == 4 and shape[3] == x.shape[1] and shape[1] != x.shape[1]
+        if not layout:  # no sidecar: channels last when the last axis looks like channels and axis 1 does not
+            layout = "NHWC" if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+        self.nhwc = layout.upper() == "NHWC"
 
     def run(self, x):
-        if self._nhwc(x):
-            x = x.transpose(0, 2, 3, 1)
-        if x.shape[0] != self.batch:
+        if self.nhwc:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        n = x.shape[0]
+        if self.dynamic or n == self.batch:
+            return self._invoke(x)
+        outs = []
+        for i in range(0, n, self.batch):
+            chunk = x[i:i + self.batch]
+            k = len(chunk)
+            if k < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - k,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(self._invoke(chunk)[:k])
+        return np.concatenate(outs)
+
+    def _invoke(self, x):
+        if self.dynamic and x.shape[0] != self.batch:
             self.interpreter.resize_tensor_input(self.inp["index"], list(x.shape))
             self.interpreter.allocate_tensors()
             self.inp = self.interpreter.get_input_details()[0]
@@ -450,7 +468,8 @@ def run_job(job, root="."):
     x = np.load(p(job["inputs"]))
     labels = np.load(p(job["labels"])) if job.get("labels") else None
     reference = np.load(p(job["reference"])) if job.get("reference") else None
-    measured, logits = measure_session(session.run, x, labels, reference, job.get("config"))
+    fixed = None if getattr(session, "dynamic", True) else getattr(session, "batch", None)
+    measured, logits = measure_session(session.run, x, labels, reference, job.get("config"), fixed_batch=fixed)
     peak = peak_rss_mb()
     if job.get("save_logits"):
         np.save(p(job["save_logits"]), logits)

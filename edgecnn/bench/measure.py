@@ -144,7 +144,9 @@ def measure(session: Runnable, x: np.ndarray, labels: np.ndarray | None = None,
         labels = None if labels is None else labels[:config.limit]
         reference = None if reference is None else reference[:config.limit]
     labels = None if labels is None else np.asarray(labels)
-    measured, logits = agent.measure_session(session.run, x, labels, reference, config.agent_config(), clock)
+    # edgecnn.runtimes sessions run any batch, in chunks of `batch_size` when the model has a fixed one
+    measured, logits = agent.measure_session(session.run, x, labels, reference, config.agent_config(), clock,
+                                             fixed_batch=getattr(session, "batch_size", None))
     peak = agent.peak_rss_mb()
     row = Measurement(name=name, target=target, runtime=runtime, format=format, precision=precision,
                       load_s=None if load_s is None else round(load_s, 4), peak_rss_mb=peak,

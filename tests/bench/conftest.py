@@ -98,3 +98,21 @@ def sshd(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny, tmp_path_factory):
+    """The tiny model as fp32 ONNX and OpenVINO IR (TFLite when its exporter can write it)."""
+    from edgecnn.errors import ExportError
+    from edgecnn.export import ExportConfig, export_all
+
+    data, model = tiny[0], tiny[1]
+    out = tmp_path_factory.mktemp("artifacts_all")
+    arts = export_all(model, None, data, out, ExportConfig(formats=["onnx", "openvino"], precisions=["fp32"],
+                                                           verify_samples=32))
+    try:
+        arts += export_all(model, None, data, out, ExportConfig(formats=["tflite"], precisions=["fp32"],
+                                                                verify_samples=32))
+    except (ExportError, NotImplementedError):
+        pass   # the TFLite exporter is optional here; its agent adapter is then untested
+    return {a.format: a for a in arts}
