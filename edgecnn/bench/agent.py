@@ -56,8 +56,9 @@ class AgentError(Exception):
 
 # --------------------------------------------------------------------------- environment
 
-def runtime_versions(names=None):
-    """{runtime: {"module": ..., "version": ...}} for the runtimes that are importable, else None."""
+def runtime_versions(names=None, load=False):
+    """{runtime: {"module": ..., "version": ...}} for the runtimes that are installed, else None.
+    load=True imports each one (slower, but a broken install then counts as missing)."""
     import importlib.util
 
     out = {}
@@ -66,7 +67,9 @@ def runtime_versions(names=None):
         for module in RUNTIME_MODULES.get(name, (name,)):
             try:
                 found = importlib.util.find_spec(module) is not None
-            except (ImportError, ValueError):
+                if found and load:
+                    importlib.import_module(module)
+            except Exception:  # ImportError, or whatever a broken native extension raises
                 found = False
             if found:
                 out[name] = {"module": module, "version": _dist_version(module)}
@@ -115,9 +118,9 @@ def cpu_info():
             "avx512_vnni": "avx512_vnni" in flags, "amx": "amx_int8" in flags}
 
 
-def environment(runtimes=None, threads=None):
+def environment(runtimes=None, threads=None, load=False):
     return {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "cpu": cpu_info(), "runtimes": runtime_versions(runtimes),
+            "numpy": np.__version__, "cpu": cpu_info(), "runtimes": runtime_versions(runtimes, load),
             "threads": threads}
 
 
@@ -488,7 +491,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "probe":
         names = args.runtimes.split(",") if args.runtimes else None
-        print(json.dumps({"schema": SCHEMA, "ok": True, "env": environment(names)}))
+        # import each runtime: "installed" should mean "answers", as a measurement will need
+        print(json.dumps({"schema": SCHEMA, "ok": True, "env": environment(names, load=True)}))
         return 0
     if args.command != "measure":
         parser.print_help()

@@ -223,7 +223,7 @@ def check_target(target: str | Path | Target) -> dict[str, Any]:
             from edgecnn.bench import agent
             if t.kind == "cuda":
                 _require_cuda(t)
-            env = agent.environment(t.runtimes, t.resolve_threads())
+            env = agent.environment(t.runtimes, t.resolve_threads(), load=True)
             if t.kind == "cuda":
                 import torch
                 env["cuda"] = {"device": torch.cuda.get_device_name(0), "torch_cuda": torch.version.cuda}

@@ -85,6 +85,8 @@ def test_missing_runtime_on_the_device(sshd, tmp_path, tiny):
     with pytest.raises(RuntimeMissing) as e:
         measure_artifact(art, t, (x[:10], y[:10]), None, MeasureConfig(**FAST))
     assert "runtime 'onnxruntime' is not installed" in str(e.value) and "pip install onnxruntime" in str(e.value)
+    res = check_target(t)
+    assert res["reachable"] and res["runtimes"] == {"onnxruntime": None} and "not installed there" in res["error"]
 
 
 def test_missing_python_on_the_device(sshd, tmp_path, tiny):
