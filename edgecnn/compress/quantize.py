@@ -45,6 +45,7 @@ import dataclasses
 import time
 import zipfile
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -237,6 +238,28 @@ def _in_modules(path: str | None, names: Iterable[str]) -> bool:
     return path is not None and any(path == n or path.startswith(n + ".") for n in names)
 
 
+@contextmanager
+def _litert_pattern_fix():
+    """litert 0.10's QAT conv+BN annotator hands a plain function to torchao's pattern exporter,
+    which since torchao 0.1x only takes an nn.Module ("Expected `mod` to be an instance of
+    torch.nn.Module"). Wrap it, as torchao's own annotators do, for the duration of annotation."""
+    import litert_torch.quantize.pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e import WrapperModule
+
+    original = utils._get_aten_graph_module_for_pattern
+
+    def wrapped(pattern, example_inputs, is_cuda=False, **kwargs):
+        if not isinstance(pattern, nn.Module):
+            pattern = WrapperModule(pattern)
+        return original(pattern, example_inputs, is_cuda, **kwargs)
+
+    utils._get_aten_graph_module_for_pattern = wrapped
+    try:
+        yield
+    finally:
+        utils._get_aten_graph_module_for_pattern = original
+
+
 def make_quantizer(cfg: QuantizeConfig, float_layers: Iterable[str] = ()):
     """An `EdgeQuantizer` (litert's PT2EQuantizer keeping `float_layers` unannotated, i.e. float)."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
@@ -249,8 +272,9 @@ def make_quantizer(cfg: QuantizeConfig, float_layers: Iterable[str] = ()):
 
         def _annotate_for_static_quantization_config(self, model):
             keep = self.keep_float
-            self._annotate_all_static_patterns(model, self.global_config,
-                                               lambda n: not _in_modules(_module_path(n), keep))
+            with _litert_pattern_fix():
+                self._annotate_all_static_patterns(model, self.global_config,
+                                                   lambda n: not _in_modules(_module_path(n), keep))
             return model
 
     return EdgeQuantizer(quantization_config(cfg), tuple(float_layers))
@@ -650,6 +674,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     else:
         qmodel, qat_record = _qat(model, config, data, calib.batches, kept, seed, timings)
 
+    _mark_eval(qmodel)
     t = time.perf_counter()
     int8_test = evaluate(qmodel, data, "test")
     timings["evaluate"] += time.perf_counter() - t
@@ -717,7 +742,15 @@ def load_quantized(path: str | Path, allow_pickle: bool = False) -> torch.fx.Gra
         raise CheckpointError(f"{path}: {len(risky)} payload(s) would be unpickled, which can run code "
                               f"(first: {risky[0]}). save_quantized never writes these; pass allow_pickle=True "
                               "only if you trust the file.")
-    return torch.export.load(path).module()
+    return _mark_eval(torch.export.load(path).module())
+
+
+def _mark_eval(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Set `training = False` on a converted graph: its ops are fixed, and exporters read the flag
+    (torch.onnx warns about 'training mode'). `.eval()` itself is disabled on PT2E graphs."""
+    for m in graph.modules():
+        m.training = False
+    return graph
 
 
 # ---------------------------------------------------------------------------------------------

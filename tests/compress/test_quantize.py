@@ -1,0 +1,231 @@
+"""int8 PTQ / QAT on one PT2E graph: accuracy bounds, checkpoint round trip, ONNX agreement, errors."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from edgecnn.compress.calibration import load_calibration, read_manifest
+from edgecnn.compress.quantize import (ACTIVATION_OBSERVERS, QuantizeConfig, load_quantized, quantizable_layers,
+                                       quantize, save_quantized, export_graph)
+from edgecnn.config import from_dict
+from edgecnn.data import Preprocess
+from edgecnn.errors import CheckpointError, DataError, EdgecnnError, RecipeError
+from edgecnn.models import ModelConfig, build_model
+from edgecnn.train import TrainConfig, evaluate, fit
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """bn_cnn trained briefly on digits (8x8): a real, BN-folding model (~94% test) in ~30 s.
+
+    Trained enough to be confident: on a barely trained model many test images sit within one int8
+    output step of a tie, and ONNX Runtime's rounding then flips more than 1% of them.
+    """
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("bn_cnn"), digits.num_classes, digits.input_shape[0])
+    fit(model, digits, TrainConfig(epochs=5, lr=5e-3), seed=0)
+    return model.eval()
+
+
+FAST = dict(calibration_samples=64)
+
+
+def test_ptq_accuracy_within_bound_and_input_untouched(trained, digits):
+    before = copy.deepcopy(trained.state_dict())
+    res = quantize(trained, QuantizeConfig(**FAST), digits)
+    assert res.float_test["n"] == res.int8_test["n"] == len(digits.splits["test"])
+    assert res.accuracy_drop <= 1.5, res.to_dict()
+    assert res.bn_folded == 6                          # every conv-BN pair folded
+    assert len(res.quantized_layers) == 7 and res.kept_float == []
+    assert res.calibration["count"] == 64 and len(res.calibration["sha256"]) == 64
+    assert all(torch.equal(v, before[k]) for k, v in trained.state_dict().items())
+    assert not trained.training
+    d = res.to_dict()
+    json.dumps(d)
+    assert d["observer"] == "histogram" and d["accuracy_drop"] == res.accuracy_drop
+
+
+@pytest.mark.parametrize("observer", ACTIVATION_OBSERVERS.names())
+def test_every_observer_quantizes(trained, digits, observer):
+    res = quantize(trained, QuantizeConfig(observer=observer, **FAST), digits)
+    assert res.accuracy_drop <= 3.0, (observer, res.int8_test)
+
+
+def test_per_tensor_with_bias_correction(trained, digits):
+    res = quantize(trained, QuantizeConfig(per_channel=False, bias_correction=True, **FAST), digits)
+    assert set(res.bias_corrected) == set(quantizable_layers(export_graph(trained, digits.example_input(2))))
+    assert res.accuracy_drop <= 3.0
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(RecipeError, match="observer.*moving_average"):
+        from_dict(QuantizeConfig, {"mode": "qat", "observer": "histogram"}, "quantize")
+    with pytest.raises(RecipeError, match="Did you mean 'percentile'"):
+        from_dict(QuantizeConfig, {"observer": "percentil"}, "quantize")
+    with pytest.raises(RecipeError, match="bias_correction"):
+        from_dict(QuantizeConfig, {"mode": "qat", "bias_correction": True}, "quantize")
+    with pytest.raises(RecipeError, match="max_accuracy_drop"):
+        from_dict(QuantizeConfig, {"max_accuracy_drop": -1}, "quantize")
+    cfg = from_dict(QuantizeConfig, {"mode": "qat", "train": {"epochs": 1}}, "quantize")
+    assert cfg.train.epochs == 1 and cfg.resolved_observer == "moving_average"
+
+
+def test_save_load_identical_and_onnx_agrees(trained, digits, tmp_path):
+    import onnxruntime as ort
+
+    res = quantize(trained, QuantizeConfig(**FAST), digits)
+    path = save_quantized(tmp_path / "q.pt2", res.model, digits.example_input(2))
+    assert path.is_file() and not list(tmp_path.glob(".q.pt2*"))     # atomic: no temp file left
+    loaded = load_quantized(path)
+    x, _ = digits.tensors("test")
+    with torch.no_grad():
+        ref = res.model(x)
+        assert torch.equal(loaded(x), ref)
+        assert torch.equal(loaded(x[:3]), ref[:3])                   # dynamic batch survived
+    onnx_path = tmp_path / "q.onnx"
+    torch.onnx.export(loaded, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
+                      ).save(str(onnx_path))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    agree = (out.argmax(1) == ref.numpy().argmax(1)).mean()
+    assert agree >= 0.99, agree
+    assert any(n.op_type == "QuantizeLinear" for n in __import__("onnx").load(str(onnx_path)).graph.node)
+
+
+def test_load_refuses_pickled_payloads(trained, digits, tmp_path):
+    res = quantize(trained, QuantizeConfig(**FAST), digits)
+    good = save_quantized(tmp_path / "q.pt2", res.model, digits.example_input(2))
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("weights_config.json"):
+                cfg = json.loads(data)
+                first = next(iter(cfg["config"]))
+                cfg["config"][first]["use_pickle"] = True
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+    with pytest.raises(CheckpointError, match="unpickled"):
+        load_quantized(bad)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_quantized(tmp_path / "missing.pt2")
+
+
+def test_partially_quantized_graph_exports_to_onnx(trained, digits, tmp_path):
+    import onnxruntime as ort
+
+    res = quantize(trained, QuantizeConfig(float_layers=["features.3.0", "classifier"], **FAST), digits)
+    assert "features.3.0" not in res.quantized_layers and "classifier.2" not in res.quantized_layers
+    assert len(res.quantized_layers) == 5
+    x, _ = digits.tensors("test")
+    onnx_path = tmp_path / "p.onnx"
+    torch.onnx.export(res.model, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
+                      ).save(str(onnx_path))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = res.model(x).numpy()
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    with pytest.raises(EdgecnnError, match="Did you mean 'features.3.0'"):
+        quantize(trained, QuantizeConfig(float_layers=["features.3.O"], **FAST), digits)
+
+
+def test_nan_calibration_is_an_error(digits):
+    pre = digits.preprocess
+    broken = dataclasses.replace(digits, preprocess=Preprocess(pre.size, pre.channels, pre.mean, (0.0,)))
+    with pytest.raises(DataError, match=r"(?s)hold NaN or inf.*std of 0"):
+        load_calibration(broken, 64)
+
+
+def test_too_few_calibration_samples(digits, tmp_path):
+    n = len(digits.splits["calibration"])
+    with pytest.raises(DataError, match=f"has {n} images, {n + 1} were asked for.*calibration_size"):
+        load_calibration(digits, n + 1)
+    manifest = tmp_path / "d.yaml"
+    manifest.write_text("split: train\ncount: 10\n")
+    with pytest.raises(DataError, match="selects 10 images.*asks for 20"):
+        load_calibration(digits, 20, manifest)
+    manifest.write_text("split: val\n")
+    with pytest.raises(RecipeError, match="split"):
+        load_calibration(digits, 20, manifest)
+
+
+def test_manifest_selection(digits, tmp_path):
+    m = read_manifest("calibration/mnist5k-256.yaml")
+    assert (m.source, m.split, m.count) == ("mnist5k", "train", 256)
+    manifest = tmp_path / "d.yaml"
+    manifest.write_text("split: train\ncount: 40\nseed: 3\n")
+    a = load_calibration(digits, 40, manifest, batch_size=16)
+    b = load_calibration(digits, 40, manifest, batch_size=16)
+    assert a.count == 40 and [len(x) for x in a.batches] == [16, 16, 8]
+    assert a.info["sha256"] == b.info["sha256"]                       # a manifest names a fixed set
+    assert set(a.info["indices"]) <= set(digits.splits["train"].indices.tolist())
+    test_idx = digits.splits["test"].indices[:3].tolist()
+    manifest.write_text(f"indices: {test_idx}\n")
+    with pytest.raises(EdgecnnError, match="validation or test"):
+        load_calibration(digits, 3, manifest)
+
+
+def _booby_trapped(model, layers=(0,)):
+    """A copy whose first conv has one channel with 1000x weights that ReLU always zeroes.
+
+    The float function is unchanged (that channel's BN output is hugely negative), but a per-tensor
+    int8 scale for the layer's weights is set by the outlier, so every other channel rounds to ~0:
+    keeping exactly that layer float is the fix.
+    """
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for i in layers:
+            m.features[i][0].weight[0] *= 1000.0
+            m.features[i][1].bias[0] = -1e6
+    return m
+
+
+@pytest.mark.slow
+def test_accuracy_aware_keeps_the_sensitive_layer_float(trained, digits):
+    trap = _booby_trapped(trained)
+    x, _ = digits.tensors("test")
+    with torch.no_grad():
+        assert torch.allclose(trap(x), trained(x), atol=1e-4)
+    cfg = QuantizeConfig(per_channel=False, max_accuracy_drop=1.0, fallback_candidates=3, **FAST)
+    plain = quantize(trap, dataclasses.replace(cfg, max_accuracy_drop=None), digits)
+    assert plain.accuracy_drop > 10, plain.int8_test
+    res = quantize(trap, cfg, digits)
+    assert res.fallback["budget_met"], res.fallback["message"]
+    assert res.kept_float[0] == "features.0.0"
+    assert res.fallback["sensitivity"][0]["layer"] == "features.0.0"
+    assert res.float_layers[0]["recovered_points"] > 10
+    assert "features.0.0" not in res.quantized_layers
+    assert res.accuracy_drop <= 3.0
+
+
+@pytest.mark.slow
+def test_accuracy_aware_says_when_budget_cannot_be_met(trained, digits):
+    trap = _booby_trapped(trained, layers=(0, 1))      # two broken layers, but one float layer allowed
+    cfg = QuantizeConfig(per_channel=False, max_accuracy_drop=1.0, fallback_candidates=1, **FAST)
+    res = quantize(trap, cfg, digits)
+    assert not res.fallback["budget_met"]
+    assert "not reached" in res.fallback["message"] and "fallback_candidates" in res.fallback["message"]
+    assert len(res.kept_float) == 1
+
+
+@pytest.mark.slow
+def test_qat_runs_and_converts(trained, digits, tmp_path):
+    cfg = from_dict(QuantizeConfig, {"mode": "qat", "calibration_samples": 64, "freeze_bn_after": 1,
+                                     "freeze_observers_after": 1,
+                                     "train": {"epochs": 2, "lr": 3e-4, "warmup_epochs": 0}}, "quantize")
+    res = quantize(trained, cfg, digits)
+    assert res.qat["epochs_run"] == 2
+    assert res.bn_folded == 6 and len(res.quantized_layers) == 7
+    assert res.accuracy_drop <= 2.0, res.int8_test
+    path = save_quantized(tmp_path / "qat.pt2", res.model, digits.example_input(2))
+    x, _ = digits.tensors("test", limit=50)
+    with torch.no_grad():
+        assert torch.equal(load_quantized(path)(x), res.model(x))
+    evaluate(res.model, digits, "val")   # the converted graph runs on any batch size
