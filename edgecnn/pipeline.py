@@ -216,13 +216,16 @@ class Pipeline:
         state: dict[str, Any] = {}
         fingerprint = _hash(data.fingerprint, to_dict(recipe.model), _checkpoint_hash(recipe.model.checkpoint))
         ran, skipped = [], []
+        upstream: dict[str, Any] = {}   # the previous stage's outputs: this stage's inputs
         for name, kind, cfg in self.stages():
             spec = STAGES.get(kind)
-            fingerprint = _hash(fingerprint, kind, to_dict(cfg), recipe.seed)
+            inputs = {k: v["sha256"] for k, v in upstream.items()}
+            fingerprint = _hash(fingerprint, kind, to_dict(cfg), recipe.seed, inputs)
             entry = manifest["stages"].get(name)
             if (not self.force and entry and entry.get("status") == "done"
                     and entry.get("fingerprint") == fingerprint and _outputs_intact(self.run_dir, entry)):
                 state = dict(entry["state"])
+                upstream = entry["outputs"] or upstream
                 skipped.append(name)
                 progress.log(f"  [dim]skip[/] {name}: inputs unchanged since {entry.get('finished', '?')}")
                 if name == until:
@@ -234,7 +237,12 @@ class Pipeline:
             progress.log(f"  [bold cyan]{name}[/] ...")
             started = time.perf_counter()
             torch.manual_seed(recipe.seed)
-            result = spec.run(ctx, cfg)
+            try:
+                result = spec.run(ctx, cfg)
+            except BaseException:
+                if not any(stage_dir.iterdir()):   # leave nothing behind for a stage that made nothing
+                    stage_dir.rmdir()
+                raise
             seconds = time.perf_counter() - started
             outputs: dict[str, dict[str, str]] = {}
             if result.model is not None:
@@ -257,9 +265,10 @@ class Pipeline:
                 outputs[key] = _out(self.run_dir, f)
             manifest["stages"][name] = {
                 "kind": kind, "status": "done", "fingerprint": fingerprint, "config": to_dict(cfg),
-                "seconds": round(seconds, 2), "finished": _now(), "outputs": outputs,
+                "seconds": round(seconds, 2), "finished": _now(), "inputs": inputs, "outputs": outputs,
                 "metrics": result.metrics, "state": dict(state)}
             write_json(self.run_dir / "manifest.json", manifest)
+            upstream = outputs or upstream
             ran.append(name)
             progress.log(f"  [green]done[/] {name} in {seconds:.1f} s {_headline(result.metrics)}")
             if name == until:

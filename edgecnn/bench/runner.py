@@ -25,7 +25,7 @@ from edgecnn.bench import agent
 from edgecnn.bench.measure import MeasureConfig, Measurement, measure
 from edgecnn.bench.targets import RuntimeMissing, Target, TargetError, TargetUnavailable, load_target
 from edgecnn.config import check
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, RecipeError
 
 __all__ = ["BenchConfig", "measure_artifact", "measure_module", "reference_logits", "verify_stage", "pick_runtime",
            "pinned", "failed_row"]
@@ -34,6 +34,7 @@ __all__ = ["BenchConfig", "measure_artifact", "measure_module", "reference_logit
 _FORMAT_RUNTIMES = {"onnx": ("onnxruntime", "openvino"), "openvino": ("openvino",), "tflite": ("litert",),
                     "torch": ("torch",)}
 REFERENCE_NAME = "torch-fp32"
+REFERENCE_INT8 = "torch-int8"   # the PT2E fake-quant graph: what int8 artifacts must agree with
 
 
 @dataclass
@@ -46,6 +47,11 @@ class BenchConfig(MeasureConfig):
     def __post_init__(self):
         super().__post_init__()
         check(bool(self.targets), "targets", "list at least one target (e.g. local-cpu)")
+        for i, name in enumerate(self.targets):   # a typo fails the recipe, not an hour later
+            try:
+                load_target(name)
+            except TargetError as e:
+                raise RecipeError(f"targets[{i}]", str(e)) from None
 
     def measure_config(self) -> MeasureConfig:
         return MeasureConfig(**{k: getattr(self, k) for k in MeasureConfig.__dataclass_fields__})
@@ -196,9 +202,10 @@ def measure_artifact(artifact: Any, target: str | Path | Target, data: Any, refe
 
 
 def measure_module(model: Any, target: str | Path | Target, data: Any, reference_logits: np.ndarray | None = None,
-                   config: MeasureConfig | None = None, *, name: str = REFERENCE_NAME
+                   config: MeasureConfig | None = None, *, name: str = REFERENCE_NAME, precision: str = "fp32"
                    ) -> tuple[Measurement, np.ndarray]:
-    """Measure a PyTorch module (eager, fp32) on a local or cuda target; returns the row and its logits."""
+    """Measure a PyTorch module (eager; fp32, or a PT2E int8 graph) on a local or cuda target;
+    returns the row and its logits."""
     config = config or MeasureConfig()
     t = load_target(target)
     if t.remote:
@@ -206,7 +213,7 @@ def measure_module(model: Any, target: str | Path | Target, data: Any, reference
                                   "measure it on a device.")
     x, labels = _inputs(data, config.limit)
     ref = None if reference_logits is None else np.asarray(reference_logits, np.float32)[:len(x)]
-    return _measure_local(model, "torch", t, x, labels, ref, config, name=name, fmt="torch", precision="fp32",
+    return _measure_local(model, "torch", t, x, labels, ref, config, name=name, fmt="torch", precision=precision,
                           files=[])
 
 
@@ -214,7 +221,10 @@ def reference_logits(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """The float model's logits on `x` (CPU, eval mode): what every row's agreement is measured against."""
     import torch
 
-    model = model.eval()
+    try:
+        model = model.eval()
+    except NotImplementedError:  # exported GraphModules are already in inference form
+        pass
     with torch.inference_mode():
         return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch]))).float().cpu().numpy()
                                for i in range(0, len(x), batch)])
@@ -245,8 +255,15 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
 
     mcfg = cfg.measure_config()
     x, labels = _inputs(ctx.data, cfg.limit)
-    model = ctx.reference()
-    ref = reference_logits(model, x)
+    # Each artifact is held against the graph it was exported from: fp32/fp16 against the final
+    # float model, int8 against the PT2E fake-quant graph. Accuracy lost to pruning or quantization
+    # shows in the stage rows, not as runtime disagreement.
+    model = ctx.model
+    quantized = ctx.quantized()
+    refs = {"fp32": reference_logits(model, x)}
+    if quantized is not None:
+        refs["int8"] = reference_logits(quantized, x)
+    ref = refs["fp32"]
     artifacts = ctx.artifacts()
     logits_dir = Path(ctx.stage_dir) / "logits"
     rows: list[Measurement] = []
@@ -266,7 +283,8 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
         progress.log(f"    {row.name} @ {row.target}: {state}"
                      + (f" top-1 {row.top1}%  p50 {p50:.3f} ms" if row.ok and p50 is not None else f" {row.error}"))
 
-    jobs = [(tname, a) for tname in cfg.targets for a in [None, *artifacts]]
+    jobs = [(tname, a) for tname in cfg.targets
+            for a in [None, *([REFERENCE_INT8] if quantized is not None else []), *artifacts]]
     unavailable: dict[str, TargetError] = {}
     loaded: dict[str, Target | TargetError] = {}
     for tname, art in progress.progress(jobs, len(jobs), "verify"):
@@ -278,8 +296,14 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
                 loaded[tname] = e
                 targets[tname] = {"status": "failed", "error": str(e)}
         t = loaded[tname]
-        label = REFERENCE_NAME if art is None else Path(art.path).name
-        fmt, precision = ("torch", "fp32") if art is None else (art.format, art.precision)
+        if art is REFERENCE_INT8:
+            label, fmt, precision, module, row_ref = REFERENCE_INT8, "torch", "int8", quantized, refs["int8"]
+            art = None
+        elif art is None:
+            label, fmt, precision, module, row_ref = REFERENCE_NAME, "torch", "fp32", model, ref
+        else:
+            label, fmt, precision, module = Path(art.path).name, art.format, art.precision, None
+            row_ref = refs.get("int8", ref) if art.precision == "int8" else ref
         if isinstance(t, TargetError):
             keep(failed_row(label, tname, t, fmt=fmt, precision=precision), None)
             continue
@@ -296,9 +320,10 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
         progress.status(f"{label} @ {t.name}")
         try:
             if art is None:
-                row, logits = measure_module(model, t, (x, labels), ref, mcfg)
+                row, logits = measure_module(module, t, (x, labels), row_ref, mcfg, name=label,
+                                             precision=precision)
             else:
-                row, logits = _measure_artifact(art, t, x, labels, ref, mcfg, runtime, cfg.save_logits)
+                row, logits = _measure_artifact(art, t, x, labels, row_ref, mcfg, runtime, cfg.save_logits)
         except TargetUnavailable as e:
             unavailable[tname] = e
             targets[t.name] = {"status": e.status, "error": str(e)}

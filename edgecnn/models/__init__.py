@@ -31,7 +31,13 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)   # extra keyword arguments for the factory
 
     def __post_init__(self):
-        parse_model_source(self.source, key="source")
+        kind, name = parse_model_source(self.source, key="source")
+        if kind == "torchvision":  # cheap to check now, rather than after the data has loaded
+            import torchvision
+
+            names = torchvision.models.list_models(module=torchvision.models)
+            if name not in names:
+                raise unknown("torchvision classification model", name, names, "source")
 
 
 ModelFactory = Callable[[str, int, int, dict[str, Any]], nn.Module]
