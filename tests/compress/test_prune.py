@@ -124,6 +124,11 @@ def test_ratio_outside_unit_interval():
         from_dict(PruneConfig, {"ratio": 1.5}, "stages[1].prune")
 
 
+def test_config_round_trips_through_dict():
+    cfg = PruneConfig(target_macs_ratio=2.0, ignore=["features.0.0"], train=TrainConfig(lr=1e-3, max_steps=5))
+    assert from_dict(PruneConfig, json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
 def test_unknown_importance_suggests_the_closest():
     with pytest.raises(RecipeError, match="Did you mean 'taylor'"):
         from_dict(PruneConfig, {"importance": "taylr"}, "prune")
@@ -268,7 +273,7 @@ def test_torchvision_half_pruned_exports_to_onnx(tmp_path, name):
     onnx_path = tmp_path / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(pruned, (x,), str(onnx_path), dynamo=True)
+        torch.onnx.export(pruned, (x,), str(onnx_path), dynamo=True, verbose=False)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert got.shape == (1, 10)
