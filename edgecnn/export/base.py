@@ -109,8 +109,10 @@ def versions(*modules: str) -> dict[str, str]:
 
     import edgecnn
 
-    out = {"edgecnn": getattr(edgecnn, "__version__", "unknown")}
-    for m in ("torch", *modules):
+    import torch
+
+    out = {"edgecnn": getattr(edgecnn, "__version__", "unknown"), "torch": torch.__version__}
+    for m in modules:
         try:
             out[m] = version(m)
         except PackageNotFoundError:
@@ -121,24 +123,29 @@ def versions(*modules: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- operator errors
 
 _OP_PATTERNS = [
-    r"aten::([A-Za-z0-9_]+)",
-    r"aten\.([A-Za-z0-9_]+)\.[A-Za-z0-9_]+",
-    r"torch\.ops\.aten\.([A-Za-z0-9_]+)",
-    r"'aten\.([A-Za-z0-9_]+)'",
+    r"OpOverload\(op='(\w+)\.(\w+)'",              # torch.onnx: No ONNX function found for <OpOverload(op='prims.erf_inv'
+    r"(aten|prims)::(\w+)",                           # OpenVINO: No conversion rule found for aten::foo
+    r"torch\.ops\.(aten|prims)\.(\w+)",
+    r"\b(aten|prims)\.(\w+)\.\w+",                   # litert-torch: Lowering not found: aten.erfinv.default
 ]
 
 
 def operator_in(message: str) -> str | None:
-    """The aten operator an exporter complained about, e.g. 'linalg_inv'."""
+    """The operator a converter complained about, as 'aten.erfinv' / 'prims.erf_inv'."""
     for pat in _OP_PATTERNS:
         m = re.search(pat, message)
         if m:
-            return m.group(1)
+            return f"{m.group(1)}.{m.group(2)}"
     return None
 
 
+def _base(op: str) -> str:
+    """'aten.erfinv' / 'prims.erf_inv' / 'aten.relu_' -> 'erfinv' (decompositions rename ops slightly)."""
+    return op.split(".")[-1].replace("_", "")
+
+
 def module_of_op(model: Any, example_input: Any, op: str) -> list[str]:
-    """'path (Class)' of each module in the model that calls aten `op` (from torch.export's nn_module_stack)."""
+    """'path (Class)' of each module in the model that calls `op` (from torch.export's nn_module_stack)."""
     import torch
 
     try:
@@ -146,13 +153,14 @@ def module_of_op(model: Any, example_input: Any, op: str) -> list[str]:
             torch.export.export(model.eval(), (example_input,)).run_decompositions({}).graph_module
     except Exception:   # noqa: BLE001  (best effort: the error is still raised without the location)
         return []
+    want = _base(op)
     found = []
     for node in gm.graph.nodes:
         if node.op != "call_function":
             continue
-        name = str(node.target)
-        base = name.split("aten.", 1)[-1].split(".")[0]
-        if base != op and base.rstrip("_") != op.rstrip("_"):
+        parts = str(node.target).split(".")
+        name = parts[1] if len(parts) > 2 else parts[0]
+        if name.replace("_", "") != want:
             continue
         stack = node.meta.get("nn_module_stack") or {}
         if stack:
@@ -169,9 +177,14 @@ def module_of_op(model: Any, example_input: Any, op: str) -> list[str]:
 def operator_error(fmt: str, precision: str, model: Any, example_input: Any, err: BaseException,
                    other_formats: Callable[[], list[str]] | None = None) -> ExportError:
     """An ExportError that names the operator, where it is in the model, and which formats take it."""
-    msg = f"{type(err).__name__}: {err}"
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(err).__name__}: {err}")   # converters colour their text
+    cause = err.__cause__
+    if cause is not None:
+        msg += "\n" + re.sub(r"\x1b\[[0-9;]*m", "", f"{type(cause).__name__}: {cause}")
     op = operator_in(msg)
-    first = msg.strip().splitlines()[0][:400] if msg.strip() else type(err).__name__
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    hit = [ln for ln in lines if op and op in ln]
+    first = (hit or lines or [type(err).__name__])[0][:400]
     if op is None:
         return ExportError(f"export {fmt} {precision}: the converter failed: {first}")
     where = module_of_op(model, example_input, op)
@@ -179,7 +192,7 @@ def operator_error(fmt: str, precision: str, model: Any, example_input: Any, err
     loc = f" in {', '.join(where)}" if where else ""
     alt = (f" Formats that accept this model: {', '.join(ok)}." if ok else
            " No other format accepted it either.") if other_formats else ""
-    return ExportError(f"export {fmt} {precision}: {fmt} cannot express operator aten.{op}{loc}.{alt} "
+    return ExportError(f"export {fmt} {precision}: {fmt} cannot express operator {op}{loc}.{alt} "
                        f"Replace that layer with supported operations, or drop '{fmt}' from export.formats. "
                        f"(converter said: {first})")
 
@@ -230,7 +243,7 @@ def export_artifact(fmt: str, model: Any, example_input: Any, path: str | Path, 
                   "quantization": None},
         "output": {"name": "logits", "shape": None, "dtype": "float32", "quantization": None},
         "preprocess": meta.get("preprocess"), "class_names": meta.get("class_names"),
-        "recipe_hash": meta.get("recipe_hash", ""),
+        "recipe_hash": meta.get("recipe_hash", ""), "data_source": meta.get("data_source"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

@@ -51,13 +51,17 @@ class LoweringConfig:
         return dataclasses.asdict(self)
 
 
-# What each runtime wants (measured on this machine: see benchmarks/README.md "Lowering").
+# What each runtime wants (measured on this machine: benchmarks/README.md "Lowering").
 PRESETS: dict[str, LoweringConfig] = {
-    # ORT x86: u8 activations for the VNNI u8s8 kernels; Relu folded so Conv/Add fuse.
+    # ORT x86, exact: u8 activations for the VNNI u8s8 kernels; Relu/Clip folded so Conv fuses.
     "onnxruntime": LoweringConfig(),
-    # OpenVINO reads Q/DQ as FakeQuantize and picks its own int8 precisions: u8 vs s8 changes nothing
-    # it executes, but folding Relu and requantizing float residual reads lets Add run in int8.
-    "openvino": LoweringConfig(uint8_activations=True, fold_activation=True),
+    # ORT x86, whole graph in integer kernels: residual reads requantized (QLinearAdd) and the
+    # global pool as QLinearGlobalAveragePool. Not exact: use with measured accuracy.
+    "onnxruntime-integer": LoweringConfig(requantize_float_inputs=True, global_pool=True),
+    # OpenVINO runs Q/DQ as FakeQuantize and chooses u8/i8 itself (convolutions are u8 either way);
+    # what it cannot do is an Add with a float input: requantizing those reads lets it fuse the Add
+    # into the int8 convolution instead of running it in bf16/f32 with reorders around it. Not exact.
+    "openvino": LoweringConfig(requantize_float_inputs=True),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def to_onnx_proto(model: Any, example_input: Any, opset: int, dynamic_batch: boo
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
         try:
             # The dynamo exporter prints progress lines; library code stays silent (STYLE 4).
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                # A GraphModule from torch.export reports training=True; its ops are eval-only already.
+                warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
                 program = torch.onnx.export(model, (example_input,), dynamo=True, opset_version=opset,
                                             input_names=["input"], output_names=["logits"],
                                             external_data=False, verbose=False, optimize=True, **kwargs)
@@ -122,6 +125,12 @@ def _write(job: Job) -> Written:
 
         # keep_io_types: callers feed float32 and read float32, the contract stays the same.
         proto = convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=False)
+        # The converter appends its input casts after their users; onnx.checker wants topological order.
+        import onnx_ir as ir
+
+        model_ir = ir.from_proto(proto)
+        model_ir.graph.sort()
+        proto = ir.to_proto(model_ir)
     added = io_contract(proto)
     qp = input_qparams(proto) if job.precision == "int8" else None
     if qp:

@@ -1,0 +1,69 @@
+"""torchvision architectures through every format x fp32/int8, each verified (slow).
+
+Also a script that prints the figures (sizes, agreement) as JSON:
+    PYTHONPATH=. python tests/export/test_export_torchvision.py [resnet18 ...] > figures.json
+
+Weights are random (nothing is downloaded), trained for a few steps on the synthetic shapes at
+64x64 so the logits are not all ties (agreement on untrained, tied logits says little).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"]
+
+
+def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples: int = 200) -> dict:
+    import torch
+
+    from edgecnn.data import DataConfig, load_data
+    from edgecnn.export import EXPORTERS, ExportConfig, export_all
+    from edgecnn.export.run import export_all as _ea
+    from edgecnn.models import ModelConfig, build_model
+    from edgecnn.train import TrainConfig, fit
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import quantize_pt2e
+
+    t0 = time.perf_counter()
+    data = load_data(DataConfig(source="synthetic", options={"num_samples": 1200, "resolution": 64,
+                                                               "num_classes": 10}), seed=0)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(source=f"torchvision:{name}"), data.num_classes, 3)
+    fit(model, data, TrainConfig(epochs=1, max_steps=steps, batch_size=32, augment=False), seed=0)
+    model.eval()
+    q = quantize_pt2e(model, data, calib=128)
+    cfg = ExportConfig(formats=EXPORTERS.names(), precisions=["fp32", "int8"], verify_samples=verify_samples,
+                       skip_unsupported=True)
+    arts = export_all(model, q, data, out_dir, cfg)
+    rows = [{"format": a.format, "precision": a.precision, "bytes": a.size_bytes,
+             "top1_agreement": a.verification["top1_agreement"], "max_abs_diff": a.verification["max_abs_diff"],
+             "export_seconds": a.verification.get("export_seconds")} for a in arts]
+    return {"model": name, "rows": rows, "failed": list(_ea.skipped), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_torchvision_all_formats(name, tmp_path):
+    result = export_torchvision(name, tmp_path)
+    failed = [f"{f['format']} {f['precision']}: {f['reason']}" for f in result["failed"]]
+    assert not failed, "\n".join(failed)
+    assert len(result["rows"]) == 6
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or MODELS
+    out = []
+    for n in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                out.append(export_torchvision(n, Path(tmp)))
+            except Exception as e:   # noqa: BLE001  (a script that reports every model's outcome)
+                out.append({"model": n, "error": f"{type(e).__name__}: {e}"})
+        print(json.dumps(out[-1]), flush=True)
