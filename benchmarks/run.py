@@ -1,0 +1,336 @@
+"""edgecnn vs the peers, side by side in one process: accuracy, agreement, batch-1 latency, size.
+
+    PYTHONPATH=. python benchmarks/run.py                 # full suite (about 40 min on 2 quiet cores)
+    PYTHONPATH=. python benchmarks/run.py --quick         # smoke test: bn_cnn only, few runs (< 3 min)
+    PYTHONPATH=. python benchmarks/run.py --models resnet18 --no-224 --out benchmarks/results/suite_resnet18.json
+
+Per model (trained briefly on mnist5k at --size px, bn_cnn at 28x28x1), every row measured in the
+same process with the latency runs interleaved (medians of batch-1 runs at 1 thread and at all
+threads), each row's accuracy and top-1 agreement with the fp32 PyTorch eager model on the test split:
+
+- baseline: PyTorch eager fp32 (every speedup is relative to it), ONNX fp32 in ORT, IR fp32 in OpenVINO
+- int8 in ONNX Runtime: edgecnn's QDQ as exported, lowered ('onnxruntime': exact; 'onnxruntime-integer')
+  vs ORT quantize_static in every configuration of benchmarks/suite.ORT_CONFIGS (best kept)
+- int8 in OpenVINO: edgecnn's IR as exported and lowered ('openvino') vs NNCF (presets performance, mixed)
+- int8 TFLite in LiteRT with and without XNNPACK
+- pruning: edgecnn prune + distill vs Torch-Pruning MagnitudePruner + plain fine-tune (same ratio, same
+  epochs), fp32 in torch/ORT/OpenVINO, and edgecnn's pruned model in int8
+
+Then the 224x224 latency mode for resnet18 and mobilenet_v2: the same trained weights (trained at
+--size px: training at 224 on 2 cores would take the whole budget), calibrated and measured at
+224x224x3; accuracy at 224 is that of these weights on 224-px upscaled digits, the same for every row.
+Writes JSON and Markdown (command, git commit, CPU, flags, versions, load average) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import suite  # noqa: E402  (benchmarks/suite.py)
+from suite import LATENCY_224, MODELS, ORT_CONFIGS_QUICK, SuiteConfig  # noqa: E402
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "suite.json"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --------------------------------------------------------------------------- environment
+
+def cpu() -> dict[str, Any]:
+    info: dict[str, Any] = {"model": platform.processor() or platform.machine(), "flags": [], "mhz": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            k, _, v = line.partition(":")
+            k, v = k.strip(), v.strip()
+            if k == "model name" and info["model"] in ("", platform.machine(), platform.processor()):
+                info["model"] = v
+            elif k == "vendor_id":
+                info["vendor"] = v
+            elif k == "cpu MHz" and info["mhz"] is None:
+                info["mhz"] = float(v)
+            elif k == "flags" and not info["flags"]:
+                info["flags"] = sorted(f for f in v.split() if f.startswith(("avx", "amx", "fma", "f16c"))
+                                       or f in ("sse4_2",))
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == "CPU max MHz":
+                info["max_mhz"] = float(v.strip())
+            if k.strip() == "Model name":
+                info["model"] = v.strip()
+            if k.strip() == "Hypervisor vendor":
+                info["hypervisor"] = v.strip()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    info["cores"] = suite.all_threads()
+    return info
+
+
+def int8_peak(c: dict[str, Any]) -> dict[str, Any]:
+    """Peak int8 MAC/s of this CPU from its ISA: MACs per cycle per core x cores x frequency.
+
+    AMX (amx_int8): 1,024 int8 MAC/cycle/core (one TDPBUSD tile op per 16 cycles = 16x64x16 MACs).
+    AVX-512 VNNI: VPDPBUSD does 64 u8*s8 MACs per 512-bit instruction; Intel server cores issue 2
+    per cycle (ports 0 and 5): 128; AMD Zen 4 runs 512-bit ops as two 256-bit halves on its
+    two VNNI-capable pipes: 64. AVX2 (pmaddubsw + pmaddwd): 2 x 32 = 64 at best, 32 counted here.
+    Frequency: lscpu 'CPU max MHz' when the machine reports it, else /proc/cpuinfo 'cpu MHz'
+    (a VM often reports only the nominal clock: then the peak is a floor, boost clocks go higher).
+    """
+    flags = set(c.get("flags", []))
+    amd = "AMD" in (c.get("vendor", "") + c.get("model", ""))
+    if "amx_int8" in flags:
+        per, isa = 1024, "AMX int8"
+    elif "avx512_vnni" in flags:
+        per, isa = (64, "AVX-512 VNNI (Zen 4: 2x256-bit)") if amd else (128, "AVX-512 VNNI (2 FMA ports)")
+    elif "avx_vnni" in flags:
+        per, isa = 64, "AVX-VNNI (256-bit)"
+    else:
+        per, isa = 32, "AVX2"
+    mhz = c.get("max_mhz") or c.get("mhz") or 0
+    return {"isa": isa, "int8_mac_per_cycle_per_core": per, "mhz": mhz,
+            "mhz_source": "lscpu CPU max MHz" if c.get("max_mhz") else "/proc/cpuinfo cpu MHz (nominal)",
+            "peak_gmac_s_1core": round(per * mhz / 1e3, 1),
+            "note": "no AMX on this CPU" if "amx_int8" not in flags else ""}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for m in ("torch", "torchvision", "torchao", "onnx", "onnxruntime", "openvino", "nncf", "torch-pruning",
+              "litert-torch", "ai-edge-litert", "numpy"):
+        try:
+            out[m] = version(m)
+        except PackageNotFoundError:
+            out[m] = "not installed"
+    return out
+
+
+def git() -> dict[str, Any]:
+    def g(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": g("rev-parse", "HEAD").strip(),
+            "dirty_files": [ln[3:] for ln in g("status", "--porcelain").splitlines()
+                            if ln.strip() and not ln.startswith("??")][:50]}
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- the run
+
+def load(name: str, size: int, calibration: int, seed: int):
+    from edgecnn.data import DataConfig, load_data
+
+    _, ch = MODELS[name]
+    s = 28 if name == "bn_cnn" else size
+    return load_data(DataConfig(source="mnist5k", image_size=s, channels=ch, calibration_size=calibration), seed)
+
+
+def run_model(name: str, cfg: SuiteConfig, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    t0 = time.perf_counter()
+    data = load(name, cfg.size, cfg.calibration, cfg.seed)
+    log(f"  {name} at {data.input_shape}")
+    model = suite.train(name, data, cfg, log)
+    pruned: dict[str, tuple] = {}
+    t = time.perf_counter()
+    try:
+        pruned["edgecnn"] = suite.prune_edgecnn(model, data, cfg)
+        log(f"    edgecnn prune + distill: {time.perf_counter() - t:.0f} s")
+    except Exception as e:   # noqa: BLE001
+        log(f"    [failed] edgecnn prune: {type(e).__name__}: {e}")
+    t = time.perf_counter()
+    try:
+        pruned["tp"] = suite.prune_torch_pruning(model, data, cfg)
+        log(f"    Torch-Pruning magnitude + fine-tune: {time.perf_counter() - t:.0f} s")
+    except Exception as e:   # noqa: BLE001
+        log(f"    [failed] Torch-Pruning: {type(e).__name__}: {e}")
+    res = suite.run_size(name, model, pruned, data, cfg.calibration, cfg.eval_limit, cfg.runs, cfg,
+                         work / name, log, "main")
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"  {name}: {res['seconds']:.0f} s")
+    return res, {"model": model, "pruned": pruned}
+
+
+def run_224(name: str, state: dict[str, Any], cfg: SuiteConfig, work: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    data = load(name, 224, cfg.calibration_224, cfg.seed)
+    log(f"  {name} at {data.input_shape} (weights trained at {cfg.size} px)")
+    c = dataclasses.replace(cfg, tflite=cfg.tflite)
+    res = suite.run_size(name, state["model"], state["pruned"], data, cfg.calibration_224, cfg.eval_limit_224,
+                         cfg.runs_224, c, work / f"{name}_224", log, "224")
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"  {name} 224: {res['seconds']:.0f} s")
+    return res
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 8's goals, at 1 thread, batch 1, 224x224 (or the main size when 224 was not run)."""
+    out = []
+    mode = "latency_224" if results.get("latency_224") else "models"
+    for name in LATENCY_224:
+        r = results.get(mode, {}).get(name)
+        if not r:
+            continue
+        rows = {row["key"]: row for row in r["rows"]}
+        for comp in r.get("comparisons", []):
+            if comp["group"] == "int8-ort":
+                ratio = comp["peer_over_edgecnn_latency_1t"]
+                acc = comp["edgecnn_minus_peer_top1_pp"]
+                out.append({"model": name, "goal": "edgecnn int8 ONNX in ORT no slower than ORT's best quantize_static, "
+                            "equal or better accuracy", "edgecnn": comp["edgecnn"], "peer": comp["peer"],
+                            "figure": f"peer/edgecnn latency {ratio}, top-1 diff {acc:+.2f} pp",
+                            "met": bool(ratio and ratio >= 1.0 and acc is not None and acc >= 0)})
+            if comp["group"] == "int8-ov":
+                ratio = comp["peer_over_edgecnn_latency_1t"]
+                acc = comp["edgecnn_minus_peer_top1_pp"]
+                out.append({"model": name, "goal": "edgecnn int8 IR within 1.05x of NNCF, equal or better accuracy",
+                            "edgecnn": comp["edgecnn"], "peer": comp["peer"],
+                            "figure": f"edgecnn/NNCF latency {1 / ratio:.3f}, top-1 diff {acc:+.2f} pp" if ratio else "n/a",
+                            "met": bool(ratio and 1 / ratio <= 1.05 and acc is not None and acc >= 0)})
+        if name == "resnet18":
+            base = rows.get("torch/fp32")
+            best = min((row for row in r["rows"] if row["precision"] == "int8" and row["who"] == "edgecnn"
+                        and row["status"] == "ok" and row["p50_1t"] and not row["key"].startswith(("ort/pruned",
+                                                                                                 "ov/pruned"))),
+                       key=lambda row: row["p50_1t"], default=None)
+            if base and best:
+                sp = base["p50_1t"] / best["p50_1t"]
+                out.append({"model": name, "goal": "best int8 artifact >= 15x faster than fp32 PyTorch eager",
+                            "edgecnn": best["key"], "figure": f"{sp:.1f}x ({base['p50_1t']:.2f} ms -> "
+                                                              f"{best['p50_1t']:.2f} ms)", "met": sp >= 15})
+        for p in r.get("pruning_speedup", []):
+            if p["pruned"].endswith(("pruned-edgecnn", "pruned-edgecnn-int8")) and not p["pruned"].startswith("torch"):
+                out.append({"model": name, "goal": "50%-channel-pruned speedup >= 0.8x the MACs ratio",
+                            "edgecnn": p["pruned"], "peer": p["unpruned"],
+                            "figure": f"speedup {p['speedup_1t']:.2f}x vs MACs ratio {p['macs_ratio']:.2f}x "
+                                      f"({p['speedup_over_macs_ratio']:.2f})",
+                            "met": bool(p["speedup_over_macs_ratio"] and p["speedup_over_macs_ratio"] >= 0.8)})
+    return out
+
+
+def mac_rate(results: dict[str, Any], peak: dict[str, Any]) -> dict[str, Any] | None:
+    mode = "latency_224" if results.get("latency_224", {}).get("resnet18") else "models"
+    r = results.get(mode, {}).get("resnet18")
+    if not r:
+        return None
+    rows = [row for row in r["rows"] if row["precision"] == "int8" and row["status"] == "ok" and row["p50_1t"]
+            and "pruned" not in row["key"]]
+    if not rows:
+        return None
+    best = min(rows, key=lambda row: row["p50_1t"])
+    gmac = r["macs"] / 1e9
+    rate = gmac / (best["p50_1t"] / 1e3)
+    return {"input": r["input_shape"], "row": best["key"], "gmac": round(gmac, 3), "p50_1t_ms": best["p50_1t"],
+            "achieved_gmac_s": round(rate, 1), "peak_gmac_s_1core": peak["peak_gmac_s_1core"],
+            "share_of_peak": round(rate / peak["peak_gmac_s_1core"], 3) if peak["peak_gmac_s_1core"] else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke test: bn_cnn only, short training, few runs")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="models of the main table (default: all)")
+    ap.add_argument("--size", type=int, default=32, help="input side of the torchvision models (px, default 32)")
+    ap.add_argument("--no-224", dest="l224", action="store_false", help="skip the 224x224 latency mode")
+    ap.add_argument("--runs", type=int, help="timed runs per row and thread count (default 100; 224: 50)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON path; the .md goes beside it")
+    ap.add_argument("--work", type=Path, help="folder for models and artifacts (default: a temporary one)")
+    args = ap.parse_args(argv)
+
+    cfg = SuiteConfig(size=args.size)
+    models = args.models or list(MODELS)
+    if args.quick:
+        models = args.models or ["bn_cnn"]
+        cfg = dataclasses.replace(cfg, train_epochs=1, train_max_steps=40, finetune_max_steps=15, calibration=64,
+                                  eval_limit=200, runs=20, warmup=3, ort_configs=list(ORT_CONFIGS_QUICK),
+                                  nncf_presets=("performance",))
+        args.l224 = False
+    if args.runs:
+        cfg = dataclasses.replace(cfg, runs=args.runs, runs_224=args.runs)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    import torch
+    torch.manual_seed(cfg.seed)
+    c = cpu()
+    peak = int8_peak(c)
+    results: dict[str, Any] = {
+        "schema": "edgecnn-benchmark-suite/1",
+        "command": "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in ["benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git(), "cpu": c, "int8_peak": peak,
+        "versions": versions(), "loadavg_start": loadavg(), "config": dataclasses.asdict(cfg),
+        "quick": args.quick, "models": {}, "latency_224": {},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    work_ctx = tempfile.TemporaryDirectory(prefix="edgecnn-bench-") if args.work is None else None
+    work = Path(work_ctx.name) if work_ctx else args.work
+    states: dict[str, Any] = {}
+    need = list(models) + [m for m in (LATENCY_224 if args.l224 else ()) if m not in models]
+    try:
+        for name in need:
+            log(f"[{time.perf_counter() - t0:5.0f} s] {name}")
+            res, states[name] = run_model(name, cfg, work)
+            if name in models:
+                results["models"][name] = res
+            write(results, args.out)
+        if args.l224:
+            for name in LATENCY_224:
+                log(f"[{time.perf_counter() - t0:5.0f} s] {name} at 224x224")
+                results["latency_224"][name] = run_224(name, states[name], cfg, work)
+                write(results, args.out)
+    finally:
+        results["seconds"] = round(time.perf_counter() - t0, 1)
+        results["loadavg_end"] = loadavg()
+        results["goals"] = goals(results)
+        results["mac_rate"] = mac_rate(results, peak)
+        write(results, args.out)
+        if work_ctx:
+            work_ctx.cleanup()
+    log(f"done in {results['seconds']:.0f} s: {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    from suite_report import markdown
+
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(out)
+    md = out.with_suffix(".md")
+    tmp = md.with_name(md.name + ".tmp")
+    tmp.write_text(markdown(results))
+    tmp.replace(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

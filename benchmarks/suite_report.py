@@ -1,0 +1,106 @@
+"""Markdown for benchmarks/run.py's JSON: one table per model and size, comparisons, goals, environment."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(v: Any, nd: int = 2, suffix: str = "") -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{nd}f}{suffix}"
+    return f"{v}{suffix}"
+
+
+def _size(b: int | None) -> str:
+    return "" if not b else f"{b / 1e6:.2f}"
+
+
+def table(r: dict[str, Any]) -> list[str]:
+    lines = ["| method | runtime | prec | top-1 % | agree % | p50 1T ms | p50 all ms | speedup 1T | speedup all "
+             "| size MB | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        c = row.get("config") or {}
+        notes = []
+        if row["status"] != "ok":
+            notes.append(f"**{row['status']}**: {row['error']}")
+        if "macs_ratio" in c:
+            notes.append(f"MACs /{c['macs_ratio']}")
+        if c.get("best"):
+            notes.append("**best of its side**")
+        if "changes" in c:
+            notes.append("lowering " + ", ".join(f"{k} {v}" for k, v in c["changes"].items())
+                         + ("" if c.get("exact") else " (inexact passes)"))
+        lines.append(f"| {row['method']} | {row['runtime']} | {row['precision']} | {_f(row['top1'])} | "
+                     f"{_f(row['agreement'])} | {_f(row['p50_1t'], 3)} | {_f(row['p50_all'], 3)} | "
+                     f"{_f(c.get('speedup_vs_eager_1t'), 1, 'x')} | {_f(c.get('speedup_vs_eager_all'), 1, 'x')} | "
+                     f"{_size(row['size_bytes'])} | {'; '.join(notes)} |")
+    return lines
+
+
+def comparisons(r: dict[str, Any]) -> list[str]:
+    rows = {row["key"]: row for row in r["rows"]}
+    out = ["", "| comparison | edgecnn | peer | peer ms / edgecnn ms (1T) | (all threads) | top-1 edgecnn - peer "
+           "| verdict |", "|---|---|---|---|---|---|---|"]
+    for c in r.get("comparisons", []):
+        e, p = rows[c["edgecnn"]], rows[c["peer"]]
+        lat, acc = c["peer_over_edgecnn_latency_1t"], c["edgecnn_minus_peer_top1_pp"]
+        verdict = []
+        if lat is not None:
+            verdict.append("edgecnn faster" if lat > 1.0 else "**peer faster**" if lat < 1.0 else "equal speed")
+        if acc is not None:
+            verdict.append("edgecnn more accurate" if acc > 0 else "**peer more accurate**" if acc < 0 else "equal accuracy")
+        out.append(f"| {c['group']} | {e['method']} | {p['method']} | {_f(lat, 3)} | "
+                   f"{_f(c['peer_over_edgecnn_latency_all'], 3)} | {_f(acc, 2)} pp | {', '.join(verdict)} |")
+    if r.get("pruning_speedup"):
+        out += ["", "| pruned | unpruned | MACs ratio | speedup 1T | speedup all | speedup / MACs ratio |",
+                "|---|---|---|---|---|---|"]
+        for p in r["pruning_speedup"]:
+            out.append(f"| {rows[p['pruned']]['method']} | {rows[p['unpruned']]['method']} | {_f(p['macs_ratio'])} | "
+                       f"{_f(p['speedup_1t'])} | {_f(p['speedup_all'])} | {_f(p['speedup_over_macs_ratio'])} |")
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    c = res.get("cpu", {})
+    la0, la1 = res.get("loadavg_start"), res.get("loadavg_end")
+    loaded = any(v and v[0] > 2.5 for v in (la0, la1))
+    lines = ["# edgecnn benchmark suite", "",
+             f"Command: `{res['command']}`  ", f"Git commit: `{res['git']['commit']}`"
+             + (f" (uncommitted changes in {', '.join(res['git']['dirty_files'][:8])})" if res['git']['dirty_files'] else "")
+             + "  ", f"Started {res['started']}, {res.get('seconds', 0):.0f} s. Load average at start {la0}, at end {la1}."
+             + (" **Measured while the machine was busy: latency figures are noisy.**" if loaded else ""), "",
+             f"CPU: {c.get('model')} ({c.get('vendor', '')}{', ' + c['hypervisor'] + ' VM' if c.get('hypervisor') else ''}), "
+             f"{c.get('cores')} cores, {c.get('mhz')} MHz; flags: {' '.join(c.get('flags', []))}  ",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in res.get("versions", {}).items()), "",
+             "Rows: batch 1, medians of interleaved runs in one process; top-1 and agreement (top-1 equal to the fp32 "
+             "PyTorch eager model's) on mnist5k test images; speedup = eager fp32 ms / row ms at the same thread count. "
+             "'best of its side': the fastest (1 thread) row of edgecnn or of the peer whose top-1 is within 0.5 pp "
+             "of that side's most accurate row; comparisons pit these two against each other.", ""]
+    goals = res.get("goals") or []
+    if goals:
+        lines += ["## Goals (issue 8: 1 thread, batch 1, 224x224)", "", "| model | goal | figure | met |",
+                  "|---|---|---|---|"]
+        for g in goals:
+            lines.append(f"| {g['model']} | {g['goal']} | {g['figure']} | {'yes' if g['met'] else '**no**'} |")
+        lines.append("")
+    mr = res.get("mac_rate")
+    if mr:
+        p = res["int8_peak"]
+        lines += [f"int8 MAC rate, resnet18 {mr['input']}: {mr['gmac']} GMAC in {mr['p50_1t_ms']} ms at 1 thread "
+                  f"({mr['row']}) = {mr['achieved_gmac_s']} GMAC/s, {100 * (mr['share_of_peak'] or 0):.0f}% of one "
+                  f"core's peak {p['peak_gmac_s_1core']} GMAC/s ({p['isa']}: {p['int8_mac_per_cycle_per_core']} "
+                  f"MAC/cycle x {p['mhz']} MHz, {p['mhz_source']}){'; ' + p['note'] if p['note'] else ''}.", ""]
+    for title, key in (("Main table", "models"), ("224x224 latency mode", "latency_224")):
+        for name, r in res.get(key, {}).items():
+            lines += [f"## {name}, input {r.get('input_shape')} ({title})", ""]
+            if key == "latency_224":
+                lines += [f"Weights trained at {res['config']['size']} px; top-1 here is theirs on 224-px upscaled "
+                          "digits (same weights and calibration images for every row).", ""]
+            q = r.get("edgecnn_quantize")
+            if q:
+                lines += [f"edgecnn PT2E fake-quant: fp32 top-1 {q['float_test'].get('top1')}% -> int8 "
+                          f"{q['int8_test'].get('top1')}% (whole test split). MACs {r.get('macs', 0) / 1e6:.1f} M.", ""]
+            lines += table(r) + comparisons(r) + [""]
+    return "\n".join(lines) + "\n"
