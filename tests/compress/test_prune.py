@@ -228,6 +228,7 @@ def test_prune_with_sensitivity_ratios(data, trained):
     json.dumps(res.to_dict())
 
 
+@pytest.mark.slow   # ~15 s alone, over a minute on a shared 2-core machine
 def test_prune_stage_returns_stage_result(tmp_path, data, trained):
     pipeline = pytest.importorskip("edgecnn.pipeline")
     from types import SimpleNamespace
