@@ -246,6 +246,7 @@ class Pipeline:
             seconds = time.perf_counter() - started
             outputs: dict[str, dict[str, str]] = {}
             if result.model is not None:
+                _add_model_figures(result, data)
                 ckpt = save_checkpoint(stage_dir / "model.pt", result.model.cpu(),
                                        {"stage": name, "model_source": recipe.model.source})
                 state["model"] = _rel(self.run_dir, ckpt)
@@ -279,6 +280,18 @@ class Pipeline:
         manifest["finished"] = _now()
         write_json(self.run_dir / "manifest.json", manifest)
         return RunResult(self.run_dir, manifest, ran, skipped, time.perf_counter() - t0)
+
+
+def _add_model_figures(result: StageResult, data: DataBundle) -> None:
+    """Every stage that makes a model gets the same figures in the report: test accuracy, MACs, params."""
+    from edgecnn.models import count_macs, count_params
+    from edgecnn.train import evaluate
+
+    m = result.metrics
+    if not isinstance(m.get("test"), dict):
+        m["test"] = evaluate(result.model.eval(), data, "test")
+    m.setdefault("macs", count_macs(result.model, data.input_shape))
+    m.setdefault("params", count_params(result.model))
 
 
 def _headline(metrics: dict[str, Any]) -> str:
