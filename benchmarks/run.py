@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", choices=list(MODELS), help="models of the main table (default: all)")
     ap.add_argument("--size", type=int, default=32, help="input side of the torchvision models (px, default 32)")
     ap.add_argument("--no-224", dest="l224", action="store_false", help="skip the 224x224 latency mode")
+    ap.add_argument("--with-224", action="store_true", help="run the 224x224 mode in --quick too (smoke test)")
+    ap.add_argument("--l224-models", nargs="+", choices=list(LATENCY_224), default=list(LATENCY_224),
+                    help="models of the 224x224 mode (default: resnet18 mobilenet_v2)")
     ap.add_argument("--runs", type=int, help="timed runs per row and thread count (default 100; 224: 50)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON path; the .md goes beside it")
     ap.add_argument("--work", type=Path, help="folder for models and artifacts (default: a temporary one)")
@@ -272,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         models = args.models or ["bn_cnn"]
         cfg = dataclasses.replace(cfg, train_epochs=1, train_max_steps=40, finetune_max_steps=15, calibration=64,
                                   eval_limit=200, runs=20, warmup=3, ort_configs=list(ORT_CONFIGS_QUICK),
-                                  nncf_presets=("performance",))
-        args.l224 = False
+                                  nncf_presets=("performance",), calibration_224=32, eval_limit_224=50,
+                                  runs_224=10)
+        args.l224 = args.with_224
     if args.runs:
         cfg = dataclasses.replace(cfg, runs=args.runs, runs_224=args.runs)
     warnings.filterwarnings("ignore")
@@ -295,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     work_ctx = tempfile.TemporaryDirectory(prefix="edgecnn-bench-") if args.work is None else None
     work = Path(work_ctx.name) if work_ctx else args.work
     states: dict[str, Any] = {}
-    need = list(models) + [m for m in (LATENCY_224 if args.l224 else ()) if m not in models]
+    l224 = args.l224_models if args.l224 else []
+    need = list(models) + [m for m in l224 if m not in models]
     try:
         for name in need:
             log(f"[{time.perf_counter() - t0:5.0f} s] {name}")
@@ -303,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             if name in models:
                 results["models"][name] = res
             write(results, args.out)
-        if args.l224:
-            for name in LATENCY_224:
+        if l224:
+            for name in l224:
                 log(f"[{time.perf_counter() - t0:5.0f} s] {name} at 224x224")
                 results["latency_224"][name] = run_224(name, states[name], cfg, work)
                 write(results, args.out)

@@ -441,6 +441,27 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
     return rows, info
 
 
+def kernels(rows: list[Row], log) -> None:
+    """What each runtime made of an artifact: ORT's fused ops, OpenVINO's executed precisions, LiteRT's delegation."""
+    from edgecnn.export.lowering import litert_delegation, openvino_precisions, ort_fused_ops
+
+    for r in rows:
+        if r.status != "ok" or not r.files:
+            continue
+        try:
+            if r.runtime == "onnxruntime":
+                ops = ort_fused_ops(r.files[0])
+                r.config["kernels"] = {k: v for k, v in sorted(ops.items()) if k.startswith(("QLinear", "QGemm"))
+                                       or k in ("Conv", "Add", "Gemm", "MatMul", "Transpose", "QuantizeLinear",
+                                                "DequantizeLinear", "ConvInteger", "MatMulInteger")}
+            elif r.runtime == "openvino":
+                r.config["kernels"] = openvino_precisions(r.files[0])
+            elif r.runtime == "litert" and "builtin" not in r.key:
+                r.config["kernels"] = litert_delegation(r.files[0])
+        except Exception as e:   # noqa: BLE001
+            log(f"    kernels of {r.key}: {type(e).__name__}: {e}")
+
+
 def measure_rows(rows: list[Row], data, limit: int, runs: int, warmup: int, float_model, log) -> dict[str, Any]:
     x, y = data.tensors("test", limit)
     x, y = x.numpy(), y.numpy()
@@ -529,6 +550,7 @@ def run_size(name: str, float_model, pruned: dict[str, tuple], data, cal_n: int,
              cfg: SuiteConfig, work: Path, log, tag: str) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     rows, info = build_rows(name, float_model, pruned, data, cal_n, work, cfg, log, tag)
+    kernels(rows, log)
     info.update(measure_rows(rows, data, limit, runs, cfg.warmup, float_model, log))
     info.update(summarize(rows, info))
     info["input_shape"] = list(data.input_shape)

@@ -29,6 +29,11 @@ def table(r: dict[str, Any]) -> list[str]:
             notes.append(f"MACs /{c['macs_ratio']}")
         if c.get("best"):
             notes.append("**best of its side**")
+        k = c.get("kernels")
+        if k and "delegated_ops" in k:
+            notes.append(f"XNNPACK: {sum(k['delegated_ops'].values())} ops delegated, outside: {k['outside_delegate'] or 'none'}")
+        elif k:
+            notes.append("runs: " + ", ".join(f"{n} {v}" for n, v in k.items()))
         if "changes" in c:
             notes.append("lowering " + ", ".join(f"{k} {v}" for k, v in c["changes"].items())
                          + ("" if c.get("exact") else " (inexact passes)"))

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgecnn.config import check
 
-__all__ = ["LoweringConfig", "LoweringResult", "lower_qdq", "lower_file", "compare", "ort_fused_ops",
+__all__ = ["LoweringConfig", "LoweringResult", "lower_qdq", "lower_file", "compare", "ort_fused_ops", "litert_delegation", "openvino_precisions",
            "ort_session", "PRESETS", "preset"]
 
 
@@ -420,3 +420,54 @@ def compare(before: str | Path | bytes, after: str | Path | bytes, x: np.ndarray
     d = np.abs(a - b)
     return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
             "top1_agreement": round(100.0 * float((a.argmax(1) == b.argmax(1)).mean()), 2), "n": len(x)}
+
+
+def litert_delegation(path: str | Path, threads: int = 1) -> dict[str, Any]:
+    """Which ops of a .tflite file LiteRT hands to its default delegate (XNNPACK on CPU).
+
+    LiteRT's execution plan lists the original ops and then one DELEGATE node per delegated
+    partition. An op ran outside the delegate when its output is read by a DELEGATE node (the
+    delegate takes it as input) or is a model output no DELEGATE node produces; every other op
+    ran inside a delegate.
+    """
+    from edgecnn.runtimes.litert import _interpreter_cls
+
+    mod, _ = _interpreter_cls()
+    it = mod.Interpreter(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    ops = it._get_ops_details()
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    fed = {int(i) for d in delegates for i in d["inputs"]}
+    made = {int(t) for d in delegates for t in d["outputs"]}
+    outputs = {int(d["index"]) for d in it.get_output_details()} - made
+    outside = [o["op_name"] for o in ops if o["op_name"] != "DELEGATE"
+               and any(int(t) in fed or int(t) in outputs for t in o["outputs"])]
+    inside = collections.Counter(o["op_name"] for o in ops if o["op_name"] != "DELEGATE") - collections.Counter(outside)
+    return {"delegate_partitions": len(delegates), "delegated_ops": dict(inside),
+            "outside_delegate": dict(collections.Counter(outside))}
+
+
+_OV_COMPUTE = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Eltwise", "Pooling", "Reduce",
+               "Subgraph", "Interpolate", "MVN")
+
+
+def openvino_precisions(model: str | Path, threads: int = 1, config: dict[str, Any] | None = None) -> dict[str, int]:
+    """'layerType:runtimePrecision' -> count over the compute layers OpenVINO's CPU plugin executes.
+
+    Read from `compiled_model.get_runtime_model()` (each executed node's rt_info): e.g.
+    {'Convolution:u8': 20, 'Eltwise:bf16': 4} says the convolutions ran in int8 and four adds in bf16.
+    `model`: an IR .xml or an ONNX file.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    props = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **(config or {})}
+    compiled = core.compile_model(core.read_model(str(model)), "CPU", props)
+    out: collections.Counter = collections.Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        ri = op.get_rt_info()
+        kind = ri["layerType"].astype(str) if "layerType" in ri else op.get_type_name()
+        if kind in _OV_COMPUTE:
+            prec = ri["runtimePrecision"].astype(str) if "runtimePrecision" in ri else "?"
+            out[f"{kind}:{prec}"] += 1
+    return dict(out)
