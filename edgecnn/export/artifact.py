@@ -5,7 +5,9 @@ where the format allows, inside the file (ONNX metadata_props / OpenVINO rt_info
 `edgecnn_contract`; TFLite: sidecar only). Sidecar keys (schema edgecnn.artifact/1):
 
     format, precision, file, files {name: {sha256, bytes}}, sha256 (of `file`),
-    input  {name, shape (null = any size), layout, dtype, quantization {scale, zero_point, dtype} | null},
+    input  {name, shape (null = any size), layout, dtype, quantization {scale, zero_point, dtype} | null
+            (set only when the tensor itself is int8/uint8: then q = round(x / scale) + zero_point),
+            internal_quantization (int8 ONNX: the scale the model quantizes its float input with)},
     output {name, shape, dtype, quantization | null},
     preprocess (edgecnn.data.Preprocess.to_dict()), class_names, recipe_hash,
     exporter {edgecnn, torch, <backend>: version, opset, ...}, verification {...}

@@ -110,7 +110,7 @@ def input_qparams(proto) -> dict[str, Any] | None:
             if s is None:
                 return None
             return {"scale": float(s.reshape(-1)[0]), "zero_point": int(z.reshape(-1)[0]) if z is not None else 0,
-                    "dtype": (z.dtype.name if z is not None else "uint8"), "where": "inside the model"}
+                    "dtype": (z.dtype.name if z is not None else "uint8")}
     return None
 
 
@@ -134,7 +134,9 @@ def _write(job: Job) -> Written:
     added = io_contract(proto)
     qp = input_qparams(proto) if job.precision == "int8" else None
     if qp:
-        added["input"]["quantization"] = qp   # informational: the model quantizes its float input itself
+        # The input tensor stays float32 (quantization: null, nothing for an app to do); the first
+        # QuantizeLinear's parameters are recorded apart for tools that compare scales across formats.
+        added["input"]["internal_quantization"] = qp
     added["exporter"] = {**versions("onnx", "onnxscript"), "opset": opset, "dynamic_batch": dynamic,
                          "route": "torch.onnx.export(dynamo=True)" + (" + float16 converter" if job.precision == "fp16"
                                                                         else "")}

@@ -18,13 +18,21 @@ def contract_meta(data: Any, recipe_hash: str = "") -> dict[str, Any]:
             "recipe_hash": recipe_hash, "data_source": getattr(data, "source", None)}
 
 
+class ArtifactList(list):
+    """export_all's result: a list of Artifacts, plus `skipped` (format, precision, reason) entries."""
+
+    def __init__(self, items=(), skipped=None):
+        super().__init__(items)
+        self.skipped: list[dict[str, str]] = list(skipped or [])
+
+
 def export_all(float_model: Any, quantized_model_or_None: Any, data: Any, out_dir: Path, cfg: ExportConfig,
                recipe_hash: str = "") -> list[Artifact]:
     """Every format x precision in `cfg`, verified on `cfg.verify_samples` test images.
 
     fp32/fp16 come from `float_model`, int8 from the PT2E-converted `quantized_model_or_None`
     (int8 without one is an ExportError naming the fix). With cfg.skip_unsupported, a format that
-    cannot take the model is left out and the reason kept in `export_all.skipped`.
+    cannot take the model is left out and the reason kept in the result's `.skipped`.
     """
     out_dir = Path(out_dir)
     if "int8" in cfg.precisions and quantized_model_or_None is None:
@@ -63,11 +71,7 @@ def export_all(float_model: Any, quantized_model_or_None: Any, data: Any, out_di
         progress.log(f"  {fmt} {precision}: {art.path.name} {art.size_bytes / 1e3:.0f} kB, top-1 agreement "
                      f"{v['top1_agreement']:.2%}, max |diff| {v['max_abs_diff']:.3g}")
         artifacts.append(art)
-    export_all.skipped = skipped
-    return artifacts
-
-
-export_all.skipped = []   # what the last call left out, and why
+    return ArtifactList(artifacts, skipped)
 
 
 def export_stage(ctx: Any, cfg: ExportConfig):
@@ -83,6 +87,6 @@ def export_stage(ctx: Any, cfg: ExportConfig):
         "file": a.path.name, "bytes": a.size_bytes, "top1_agreement": a.verification["top1_agreement"],
         "max_abs_diff": a.verification["max_abs_diff"], "samples": a.verification["samples"],
         "runtime": a.verification["runtime"].get("runtime")} for a in artifacts}
-    if export_all.skipped:
-        metrics["skipped"] = list(export_all.skipped)
+    if artifacts.skipped:
+        metrics["skipped"] = list(artifacts.skipped)
     return StageResult(metrics=metrics, artifacts=artifacts)

@@ -30,9 +30,6 @@ class TorchSession(Session):
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise EdgecnnError("torch runtime: device 'cuda' was asked for but torch sees no CUDA GPU. "
                                "Use device='cpu'.")
-        if dev.type == "cpu" and dtype == "fp16":
-            # CPU fp16 convolution kernels exist in recent torch but are slow; allowed, said here.
-            pass
         if threads is not None:
             torch.set_num_threads(threads)
         if isinstance(source, torch.nn.Module):

@@ -24,7 +24,6 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
 
     from edgecnn.data import DataConfig, load_data
     from edgecnn.export import EXPORTERS, ExportConfig, export_all
-    from edgecnn.export.run import export_all as _ea
     from edgecnn.models import ModelConfig, build_model
     from edgecnn.train import TrainConfig, fit
 
@@ -45,7 +44,7 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
     rows = [{"format": a.format, "precision": a.precision, "bytes": a.size_bytes,
              "top1_agreement": a.verification["top1_agreement"], "max_abs_diff": a.verification["max_abs_diff"],
              "export_seconds": a.verification.get("export_seconds")} for a in arts]
-    return {"model": name, "rows": rows, "failed": list(_ea.skipped), "seconds": round(time.perf_counter() - t0, 1)}
+    return {"model": name, "rows": rows, "failed": list(arts.skipped), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 @pytest.mark.slow
