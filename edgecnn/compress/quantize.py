@@ -457,7 +457,10 @@ def _qat(model: nn.Module, cfg: QuantizeConfig, data, batches: list[torch.Tensor
     from edgecnn.train import FitHooks, fit
 
     t = time.perf_counter()
-    student = copy.deepcopy(model).cpu().train()   # exported in train mode: BN batch stats, dropout on
+    # Exported in eval mode: Python branches on `self.training` (torchvision's StochasticDepth, for one)
+    # are specialised at export, and the converted graph must behave as in eval. prepare_qat_pt2e still
+    # fuses conv+BN into its training pattern, and move_exported_model_to_train turns BN and dropout on.
+    student = copy.deepcopy(model).cpu().eval()
     example = batches[0][:2] if len(batches[0]) >= 2 else torch.cat([batches[0], batches[0]])[:2]
     graph = export_graph(student, example)
     prepared = prepare_qat_pt2e(graph, make_quantizer(cfg, float_layers))

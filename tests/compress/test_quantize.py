@@ -175,7 +175,7 @@ def test_manifest_selection(digits, tmp_path):
 def _booby_trapped(model, layers=(0,)):
     """A copy whose first conv has one channel with 1000x weights that ReLU always zeroes.
 
-    The float function is unchanged (that channel's BN output is hugely negative), but a per-tensor
+    The float model loses only that channel (its BN output is hugely negative), but a per-tensor
     int8 scale for the layer's weights is set by the outlier, so every other channel rounds to ~0:
     keeping exactly that layer float is the fix.
     """
@@ -183,19 +183,16 @@ def _booby_trapped(model, layers=(0,)):
     with torch.no_grad():
         for i in layers:
             m.features[i][0].weight[0] *= 1000.0
-            m.features[i][1].bias[0] = -1e6
+            m.features[i][1].bias[0] = -1e9
     return m
 
 
 @pytest.mark.slow
 def test_accuracy_aware_keeps_the_sensitive_layer_float(trained, digits):
     trap = _booby_trapped(trained)
-    x, _ = digits.tensors("test")
-    with torch.no_grad():
-        assert torch.allclose(trap(x), trained(x), atol=1e-4)
     cfg = QuantizeConfig(per_channel=False, max_accuracy_drop=1.0, fallback_candidates=3, **FAST)
     plain = quantize(trap, dataclasses.replace(cfg, max_accuracy_drop=None), digits)
-    assert plain.accuracy_drop > 10, plain.int8_test
+    assert plain.float_test["top1"] > 60 and plain.accuracy_drop > 10, (plain.float_test, plain.int8_test)
     res = quantize(trap, cfg, digits)
     assert res.fallback["budget_met"], res.fallback["message"]
     assert res.kept_float[0] == "features.0.0"
