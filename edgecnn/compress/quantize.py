@@ -35,6 +35,14 @@ what every runtime's own int8 weight quantizer does):
 | percentile | PercentileObserver (here) | refused | clip at the p-th / (100-p)-th percentile |
 | mse | MSEObserver (here) | refused | grid search for the range with least expected squared error |
 
+Accuracy-aware fallback (`max_accuracy_drop`): when all-int8 PTQ loses more val top-1 than the
+budget, every conv/linear layer is ranked by leave-one-out sensitivity (PTQ of everything except
+that layer; val top-1, KL to the float logits as tie-break), then layers are kept float greedily in
+that order, each kept only if it raises val top-1, until the budget is met or `fallback_candidates`
+layers were tried. A float layer keeps float weights and output; its input and its consumers'
+inputs stay int8 where their producers are int8 (DQ -> float op -> Q in ONNX terms). In QAT mode the
+search still uses PTQ as a cheap proxy, and QAT then trains with the chosen layers float.
+
 QAT refuses the histogram-based observers: a fake quantizer would redo the range search on every
 training step, and training adapts the weights to the range anyway.
 """
@@ -642,9 +650,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     timings: dict[str, float] = {}
     calib = load_calibration(data, config.calibration_samples, config.calibration,
                              batch_size=config.calibration_batch_size, root=root)
-    was_training = model.training
-    float_model = copy.deepcopy(model).cpu().eval()
-    model.train(was_training)
+    float_model = copy.deepcopy(model).cpu().eval()   # the caller's model keeps its weights and mode
 
     t = time.perf_counter()
     graph = export_graph(float_model, calib.batches[0])
@@ -775,5 +781,5 @@ def quantize_stage(ctx, cfg: QuantizeConfig):
                "seconds": round(result.seconds, 2)}
     if result.fallback is not None:
         metrics["budget_met"] = result.fallback["budget_met"]
-    return StageResult(model=None, quantized=program, metrics=metrics,
-                       files={"quantized": program, "report": report})
+    # model=None: the float model is unchanged; the pipeline records `quantized` itself.
+    return StageResult(model=None, quantized=program, metrics=metrics, files={"quantize_report": report})
