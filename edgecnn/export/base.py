@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError, ExportError
+from edgecnn.errors import ExportError
 from edgecnn.registry import Registry
 
 
@@ -289,8 +289,6 @@ def _default_inputs(example_input: Any) -> np.ndarray:
 
 def accepting_formats(model: Any, example_input: Any, precision: str, exclude: str) -> list[str]:
     """Formats whose converter takes `model` (written to a scratch folder, not verified)."""
-    import torch
-
     ok = []
     for name in EXPORTERS.names():
         spec = EXPORTERS.get(name)
@@ -302,14 +300,9 @@ def accepting_formats(model: Any, example_input: Any, precision: str, exclude: s
                 ok.append(name)
             except Exception:   # noqa: BLE001
                 pass
-        torch._dynamo.reset() if hasattr(torch, "_dynamo") else None
     return ok
 
 
 def _scratch_config():
     from edgecnn.export.config import ExportConfig
     return ExportConfig()
-
-
-def export_error_summary(err: EdgecnnError) -> str:
-    return str(err).split("\n", 1)[0]
