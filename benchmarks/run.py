@@ -185,7 +185,7 @@ def run_224(name: str, state: dict[str, Any], cfg: SuiteConfig, work: Path) -> d
     t0 = time.perf_counter()
     data = load(name, 224, cfg.calibration_224, cfg.seed)
     log(f"  {name} at {data.input_shape} (weights trained at {cfg.size} px)")
-    c = dataclasses.replace(cfg, tflite=cfg.tflite)
+    c = dataclasses.replace(cfg, quantize_test_limit=min(100, cfg.eval_limit_224))
     res = suite.run_size(name, state["model"], state["pruned"], data, cfg.calibration_224, cfg.eval_limit_224,
                          cfg.runs_224, c, work / f"{name}_224", log, "224")
     res["seconds"] = round(time.perf_counter() - t0, 1)

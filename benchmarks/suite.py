@@ -58,6 +58,7 @@ class SuiteConfig:
     ort_configs: list = field(default_factory=lambda: list(ORT_CONFIGS))
     nncf_presets: tuple = NNCF_PRESETS
     tflite: bool = True
+    quantize_test_limit: int | None = None   # test images edgecnn's quantize() scores itself on (224: eval_limit_224)
     seed: int = 0
 
 
@@ -220,24 +221,42 @@ def prune_torch_pruning(model, data, cfg: SuiteConfig):
                                       "classifier ignored) + cross-entropy fine-tune, same epochs and lr"}
 
 
-def quantize_edgecnn(model, data, n: int):
-    from edgecnn.compress.quantize import QuantizeConfig, quantize
+def quantize_edgecnn(model, data, n: int, test_limit: int | None = None):
+    """edgecnn PTQ with its defaults (histogram observer, per-channel), `n` calibration images.
 
+    `quantize` reports fp32 and fake-quant top-1 on the whole test split; at 224 px that is 2,000
+    forward passes (the fake-quant ones slow), so `test_limit` gives it a view with fewer test images.
+    """
+    from edgecnn.compress.quantize import QuantizeConfig, quantize
+    from edgecnn.data import Split
+
+    if test_limit is not None and len(data.splits["test"]) > test_limit:
+        t = data.splits["test"]
+        data = dataclasses.replace(data, splits={**data.splits, "test": Split(t.images[:test_limit],
+                                                                             t.labels[:test_limit],
+                                                                             t.indices[:test_limit])})
     return quantize(model, QuantizeConfig(calibration_samples=n, calibration_batch_size=32), data)
 
 
 # --------------------------------------------------------------------------- exports
 
-def export_onnx(model, example, path: Path, precision: str) -> Path:
-    from edgecnn.export import ExportConfig, export_model
+def _export_config():
+    """The exporters' verification runs (32 images), but does not gate int8 here: the suite measures
+    every row's agreement itself, and at 224 px the 32-px weights give near-tied logits on some
+    images, where int8 rounding flips a few top-1s and the default 98% gate would drop the row."""
+    from edgecnn.export import ExportConfig
 
-    return Path(export_model("onnx", model, example, path, ExportConfig(verify_samples=32), precision=precision).path)
+    return ExportConfig(verify_samples=32, int8_tolerance=1e6, int8_min_agreement=0.0)
+
+
+def export_onnx(model, example, path: Path, precision: str) -> Path:
+    return export_format("onnx", model, example, path, precision)
 
 
 def export_format(fmt: str, model, example, path: Path, precision: str) -> Path:
-    from edgecnn.export import ExportConfig, export_model
+    from edgecnn.export import export_model
 
-    return Path(export_model(fmt, model, example, path, ExportConfig(verify_samples=32), precision=precision).path)
+    return Path(export_model(fmt, model, example, path, _export_config(), precision=precision).path)
 
 
 def lowered_onnx(src: Path, dst: Path, preset_name: str) -> tuple[Path, dict]:
@@ -341,7 +360,7 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
                         session_opener(fp32_ir, "openvino"), [fp32_ir, fp32_ir.with_suffix(".bin")], group="fp32"))
 
     # edgecnn int8: one PT2E graph -> QDQ ONNX -> lowered per runtime; IR; TFLite
-    q = step("edgecnn PTQ (PT2E)", lambda: quantize_edgecnn(float_model, data, cal_n))
+    q = step("edgecnn PTQ (PT2E)", lambda: quantize_edgecnn(float_model, data, cal_n, cfg.quantize_test_limit))
     if q is not None:
         info["edgecnn_quantize"] = {"float_test": q.float_test, "int8_test": q.int8_test,
                                     "seconds": round(q.seconds, 1)}
@@ -422,7 +441,8 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
                                 session_opener(xml, "openvino"), [xml, xml.with_suffix(".bin")], group="prune-ov",
                                 config=base))
         if key == "edgecnn":
-            pq = step("edgecnn PTQ of the pruned model", lambda pm=pm: quantize_edgecnn(pm, data, cal_n))
+            pq = step("edgecnn PTQ of the pruned model",
+                      lambda pm=pm: quantize_edgecnn(pm, data, cal_n, cfg.quantize_test_limit))
             if pq is not None:
                 raw = step("export pruned int8 ONNX", lambda: export_onnx(pq.model, example,
                                                                           work / "pruned_edgecnn_int8.onnx", "int8"))
