@@ -140,6 +140,12 @@ def _write(job: Job) -> Written:
     added["exporter"] = {**versions("onnx", "onnxscript"), "opset": opset, "dynamic_batch": dynamic,
                          "route": "torch.onnx.export(dynamo=True)" + (" + float16 converter" if job.precision == "fp16"
                                                                         else "")}
+    if job.precision == "int8" and job.config.lowering:
+        from edgecnn.export.lowering import lower_qdq, preset
+
+        lowered = lower_qdq(proto, preset(job.config.lowering))
+        proto = lowered.proto
+        added["exporter"]["lowering"] = {"preset": job.config.lowering, **lowered.to_dict()}
     contract = {**job.contract, **added}
     proto = finalize_proto(proto, contract)
     main = job.staging / f"{job.stem}.onnx"

@@ -36,6 +36,10 @@ def _convert(job: Job):
         return model, "openvino.convert_model(torch)", None
     import onnx
 
+    if job.precision == "int8" and job.config.openvino_lowering:
+        from edgecnn.export.lowering import lower_qdq, preset
+
+        proto = lower_qdq(proto, preset(job.config.openvino_lowering)).proto
     tmp = job.staging / f".{job.stem}.intermediate.onnx"
     onnx.save_model(proto, str(tmp))
     try:
