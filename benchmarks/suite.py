@@ -429,17 +429,17 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
         who = "edgecnn" if key == "edgecnn" else "peer"
         label = "edgecnn prune + distill" if key == "edgecnn" else "Torch-Pruning MagnitudePruner + fine-tune"
         rows.append(Row(f"torch/pruned-{key}", f"{label}, PyTorch eager fp32", who, "torch", "fp32",
-                        torch_opener(pm), group="prune-torch", config=base))
+                        torch_opener(pm), group="prune-torch", config=dict(base)))
         p = step(f"export pruned ({key}) fp32 ONNX", lambda pm=pm, key=key: export_onnx(pm, example,
                                                                                         work / f"pruned_{key}.onnx", "fp32"))
         if p:
             rows.append(Row(f"ort/pruned-{key}", f"{label}, ONNX fp32", who, "onnxruntime", "fp32",
-                            session_opener(p, "onnxruntime"), [p], group="prune-ort", config=base))
+                            session_opener(p, "onnxruntime"), [p], group="prune-ort", config=dict(base)))
             xml = step(f"pruned ({key}) IR", lambda p=p, key=key: onnx_to_ir(p, work / f"pruned_{key}.xml"))
             if xml:
                 rows.append(Row(f"ov/pruned-{key}", f"{label}, OpenVINO fp32", who, "openvino", "fp32",
                                 session_opener(xml, "openvino"), [xml, xml.with_suffix(".bin")], group="prune-ov",
-                                config=base))
+                                config=dict(base)))
         if key == "edgecnn":
             pq = step("edgecnn PTQ of the pruned model",
                       lambda pm=pm: quantize_edgecnn(pm, data, cal_n, cfg.quantize_test_limit))

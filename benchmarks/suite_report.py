@@ -96,7 +96,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"int8 MAC rate, resnet18 {mr['input']}: {mr['gmac']} GMAC in {mr['p50_1t_ms']} ms at 1 thread "
                   f"({mr['row']}) = {mr['achieved_gmac_s']} GMAC/s, {100 * (mr['share_of_peak'] or 0):.0f}% of one "
                   f"core's peak {p['peak_gmac_s_1core']} GMAC/s ({p['isa']}: {p['int8_mac_per_cycle_per_core']} "
-                  f"MAC/cycle x {p['mhz']} MHz, {p['mhz_source']}){'; ' + p['note'] if p['note'] else ''}.", ""]
+                  f"MAC/cycle x {p['mhz']} MHz, {p['mhz_source']}){'; ' + p['note'] if p['note'] else ''}."
+                  + (f" **{mr['note']}**" if mr.get("note") else ""), ""]
     for title, key in (("Main table", "models"), ("224x224 latency mode", "latency_224")):
         for name, r in res.get(key, {}).items():
             lines += [f"## {name}, input {r.get('input_shape')} ({title})", ""]
