@@ -342,7 +342,19 @@ def verify_stage(ctx: Any, cfg: BenchConfig):
     ok = [r for r in rows if r.ok]
     metrics: dict[str, Any] = {"measurements": data, "targets": targets,
                                "counts": {s: sum(r.status == s for r in rows) for s in ("ok", "failed", "skipped")}}
+    if labels is not None:   # the classes of the measured images, for per-class figures in the report
+        from edgecnn.io import atomic_path
+        lp = Path(ctx.stage_dir) / "labels.npy"
+        with atomic_path(lp, suffix=".npy") as tmp:
+            np.save(tmp, np.asarray(labels, np.int64))
+        metrics["labels"] = str(lp.resolve().relative_to(Path(ctx.run_dir).resolve()))
+        splits = getattr(ctx.data, "splits", None)
+        if splits and "test" in splits:   # positions in the source, so a flagged image can be found
+            metrics["indices"] = [int(i) for i in splits["test"].indices[:len(labels)]]
     ref_row = next((r for r in ok if r.runtime == "torch"), None)
     if ref_row is not None:
         metrics["test"] = {"top1": ref_row.top1, "top5": ref_row.top5, "n": ref_row.n_images}
-    return StageResult(metrics=metrics, files={"measurements": out})
+    files = {"measurements": out}
+    if "labels" in metrics:
+        files["labels"] = Path(ctx.run_dir) / metrics["labels"]
+    return StageResult(metrics=metrics, files=files)
