@@ -27,8 +27,7 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
     from edgecnn.models import ModelConfig, build_model
     from edgecnn.train import TrainConfig, fit
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import quantize_pt2e
+    from edgecnn.compress.quantize import QuantizeConfig, quantize
 
     t0 = time.perf_counter()
     data = load_data(DataConfig(source="synthetic", options={"num_samples": 1200, "resolution": 64,
@@ -37,7 +36,7 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
     model = build_model(ModelConfig(source=f"torchvision:{name}"), data.num_classes, 3)
     fit(model, data, TrainConfig(epochs=1, max_steps=steps, batch_size=32, augment=False), seed=0)
     model.eval()
-    q = quantize_pt2e(model, data, calib=128)
+    q = quantize(model, QuantizeConfig(calibration_samples=128), data).model   # the pipeline's own PTQ
     cfg = ExportConfig(formats=EXPORTERS.names(), precisions=["fp32", "int8"], verify_samples=verify_samples,
                        skip_unsupported=True)
     arts = export_all(model, q, data, out_dir, cfg)
