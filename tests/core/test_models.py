@@ -17,7 +17,8 @@ class NotAModule:
 
 
 @pytest.mark.parametrize("source", ["bn_cnn", "simple_cnn", "builtin:bn_cnn", "torchvision:resnet18",
-                                    "torchvision:mobilenet_v3_small", "tests.core.test_models:factory"])
+                                    "torchvision:mobilenet_v3_small", "timm:resnet10t",
+                                    "tests.core.test_models:factory"])
 def test_sources_build_with_classes_and_channels(source):
     m = build_model(ModelConfig(source=source), num_classes=7, in_channels=1).eval()
     assert m(torch.randn(2, 1, 32, 32)).shape == (2, 7)
