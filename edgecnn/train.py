@@ -162,6 +162,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, hooks: FitHooks | 
                 status(f"loss {running / seen:.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
+        if hooks.train_mode is None and _slow_batch_norms(model):
+            recalibrate_batch_norm(model, data, device=device, seed=seed + epoch)
         eval_mode(model)
         val = evaluate(model, data, "val", device=device)
         result.history.append({"epoch": epoch + 1, "train_loss": round(running / max(1, seen), 5),
@@ -180,6 +182,31 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, hooks: FitHooks | 
     eval_mode(model)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _slow_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Batch norms whose running statistics trail the weights: torchvision's MobileNetV3 and
+    EfficientNet use momentum 0.01, so after a few hundred steps eval mode sees stale statistics
+    (measured: mobilenet_v3_small on mnist5k, 91% top-1 in train mode, 10.8% in eval mode)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.track_running_stats and m.momentum is not None and m.momentum < 0.05]
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, data: DataBundle, batches: int = 16, batch_size: int = 64,
+                           device: torch.device | str = "cpu", seed: int = 0) -> None:
+    """Re-estimate every batch norm's running mean and variance as a plain average over training
+    batches (momentum None), then restore each layer's momentum. Weights do not change."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x, _ in data.batches("train", batch_size, shuffle=True, seed=seed, limit=batches * batch_size):
+        model(x.to(device))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
 
 
 def data_augment(data: DataBundle, cfg: TrainConfig):
