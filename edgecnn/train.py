@@ -185,8 +185,8 @@ def fit(model: nn.Module, data: DataBundle, cfg: TrainConfig, hooks: FitHooks | 
 
 
 def _slow_batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Batch norms whose running statistics trail the weights: torchvision's MobileNetV3 and
-    EfficientNet use momentum 0.01, so after a few hundred steps eval mode sees stale statistics
+    """Batch norms whose running statistics trail the weights: torchvision's MobileNetV3 uses
+    momentum 0.01, so after a few hundred steps eval mode sees stale statistics
     (measured: mobilenet_v3_small on mnist5k, 91% top-1 in train mode, 10.8% in eval mode)."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
             and m.track_running_stats and m.momentum is not None and m.momentum < 0.05]

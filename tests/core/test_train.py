@@ -16,7 +16,7 @@ def test_fit_learns_digits_and_keeps_the_best_epoch(digits):
 
 
 def test_slow_batch_norm_statistics_are_recalibrated(digits):
-    """torchvision's MobileNetV3 / EfficientNet use BN momentum 0.01: without recalibration eval
+    """torchvision's MobileNetV3 uses BN momentum 0.01: without recalibration eval
     mode sees stale statistics and a well-trained model scores at chance."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(source="bn_cnn", options={"width": 8}), 10, 1)
