@@ -5,7 +5,7 @@
     kind: ssh     a remote device reached with the system `ssh`/`scp` (host keys verified)
 
 `load_target(name_or_path)` looks for `<name>.yaml` in `./targets/`, then the repository's
-`targets/`, then the copies packaged in `edgecnn/bench/targets/`; the first found wins, so a
+`targets/`, then the copies packaged in `edgecnn/bench/builtin_targets/` (a link to `targets/`, copied into wheels); the first found wins, so a
 project can override a shipped profile. An unknown name lists the known ones and the closest.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["Target", "SSHConfig", "Budgets", "TargetError", "TargetUnavailable",
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "litert")
 _REPO_TARGETS = Path(__file__).resolve().parents[2] / "targets"
-_PACKAGED_TARGETS = Path(__file__).resolve().parent / "targets"
+_PACKAGED_TARGETS = Path(__file__).resolve().parent / "builtin_targets"
 
 
 class TargetError(EdgecnnError):

@@ -30,6 +30,21 @@ def test_list_targets_has_every_shipped_profile():
     assert set(SHIPPED) <= {t.name for t in list_targets()}
 
 
+def test_packaged_profiles_outside_the_repository(tmp_path, monkeypatch):
+    """A wheel install has no repository: the profiles come from the packaged copy (package-data)."""
+    import tomllib
+
+    import edgecnn.bench.targets as targets
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(targets, "_REPO_TARGETS", tmp_path / "no-repo")
+    assert {t.name for t in list_targets()} >= set(SHIPPED)
+    assert load_target("local-cpu").source.startswith(str(targets._PACKAGED_TARGETS))
+    root = Path(__file__).resolve().parents[2]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    rel = targets._PACKAGED_TARGETS.relative_to(root / "edgecnn").as_posix()
+    assert f"{rel}/*.yaml" in package_data["edgecnn"]
+
+
 def test_one_thread_target():
     assert load_target("local-cpu-1t").resolve_threads() == 1
 
