@@ -139,6 +139,19 @@ def git() -> dict[str, Any]:
                             if ln.strip() and not ln.startswith("??")][:50]}
 
 
+def scheduling() -> dict[str, Any]:
+    """This process's nice value and, where the kernel groups processes per session (autogroup: then a
+    nice value only ranks processes within their own session), its group's nice value."""
+    out: dict[str, Any] = {"nice": os.nice(0)}
+    for key, path in (("sched_autogroup_enabled", "/proc/sys/kernel/sched_autogroup_enabled"),
+                      ("autogroup", "/proc/self/autogroup")):
+        try:
+            out[key] = Path(path).read_text().strip()
+        except OSError:
+            pass
+    return out
+
+
 def loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -158,9 +171,13 @@ def load(name: str, size: int, calibration: int, seed: int):
 
 def run_model(name: str, cfg: SuiteConfig, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
     data = load(name, cfg.size, cfg.calibration, cfg.seed)
+    phases["load_data"] = round(time.perf_counter() - t0, 1)
     log(f"  {name} at {data.input_shape}")
+    t = time.perf_counter()
     model = suite.train(name, data, cfg, log)
+    phases["train"] = round(time.perf_counter() - t, 1)
     pruned: dict[str, tuple] = {}
     t = time.perf_counter()
     try:
@@ -168,14 +185,17 @@ def run_model(name: str, cfg: SuiteConfig, work: Path) -> tuple[dict[str, Any], 
         log(f"    edgecnn prune + distill: {time.perf_counter() - t:.0f} s")
     except Exception as e:   # noqa: BLE001
         log(f"    [failed] edgecnn prune: {type(e).__name__}: {e}")
+    phases["prune_edgecnn"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     try:
         pruned["tp"] = suite.prune_torch_pruning(model, data, cfg)
         log(f"    Torch-Pruning magnitude + fine-tune: {time.perf_counter() - t:.0f} s")
     except Exception as e:   # noqa: BLE001
         log(f"    [failed] Torch-Pruning: {type(e).__name__}: {e}")
+    phases["prune_torch_pruning"] = round(time.perf_counter() - t, 1)
     res = suite.run_size(name, model, pruned, data, cfg.calibration, cfg.eval_limit, cfg.runs, cfg,
                          work / name, log, "main")
+    res["phases"] = phases
     res["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"  {name}: {res['seconds']:.0f} s")
     return res, {"model": model, "pruned": pruned}
@@ -183,11 +203,28 @@ def run_model(name: str, cfg: SuiteConfig, work: Path) -> tuple[dict[str, Any], 
 
 def run_224(name: str, state: dict[str, Any], cfg: SuiteConfig, work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
+    phases: dict[str, Any] = {}
     data = load(name, 224, cfg.calibration_224, cfg.seed)
+    phases["load_data"] = round(time.perf_counter() - t0, 1)
     log(f"  {name} at {data.input_shape} (weights trained at {cfg.size} px)")
+    model, pruned, adapt = state["model"], dict(state["pruned"]), {}
+    if cfg.adapt_224:
+        t = time.perf_counter()
+        if cfg.adapt_probe_steps:
+            adapt["full_finetune_probe"] = probe = suite.probe_full_finetune(model, data, cfg.adapt_probe_steps)
+            log(f"    full fine-tune at 224 px, batch {probe['batch']}: steps {probe['step_seconds']} s "
+                f"-> one epoch ({probe['steps_per_epoch']} steps) ~{probe['epoch_seconds_estimate']} s")
+        model, adapt["model"] = suite.adapt_224(model, data, cfg, log, name, measure=True)
+        for key, (pm, pinfo) in state["pruned"].items():
+            am, ainfo = suite.adapt_224(pm, data, cfg, log, f"pruned ({key})")
+            pruned[key] = (am, pinfo)
+            adapt[f"pruned-{key}"] = ainfo
+        phases["adapt"] = round(time.perf_counter() - t, 1)
     c = dataclasses.replace(cfg, quantize_test_limit=min(100, cfg.eval_limit_224))
-    res = suite.run_size(name, state["model"], state["pruned"], data, cfg.calibration_224, cfg.eval_limit_224,
+    res = suite.run_size(name, model, pruned, data, cfg.calibration_224, cfg.eval_limit_224,
                          cfg.runs_224, c, work / f"{name}_224", log, "224")
+    res["adapt_224"] = adapt
+    res["phases"] = phases
     res["seconds"] = round(time.perf_counter() - t0, 1)
     log(f"  {name} 224: {res['seconds']:.0f} s")
     return res
@@ -271,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with-224", action="store_true", help="run the 224x224 mode in --quick too (smoke test)")
     ap.add_argument("--l224-models", nargs="+", choices=list(LATENCY_224), default=list(LATENCY_224),
                     help="models of the 224x224 mode (default: resnet18 mobilenet_v2)")
-    ap.add_argument("--runs", type=int, help="timed runs per row and thread count (default 100; 224: 50)")
+    ap.add_argument("--runs", type=int, help="timed runs per row and thread count (default 60; 224: 40)")
+    ap.add_argument("--no-adapt-224", dest="adapt_224", action="store_false",
+                    help="224 mode: use the main-size weights as they are (no batch-norm re-estimate, no "
+                         "classifier refit at 224 px)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON path; the .md goes beside it")
     ap.add_argument("--cpu-max-mhz", type=float, help="the CPU's max (boost) clock, when lscpu does not report it "
                                                       "(a VM): used for the int8 peak")
@@ -285,10 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, train_epochs=1, train_max_steps=40, finetune_max_steps=15, calibration=64,
                                   eval_limit=200, runs=20, warmup=3, ort_configs=list(ORT_CONFIGS_QUICK),
                                   nncf_presets=("performance",), calibration_224=32, eval_limit_224=50,
-                                  runs_224=10)
+                                  runs_224=10, ort_screen_images=50, ort_screen_runs=5, ort_keep=1,
+                                  adapt_bn_images=64, adapt_head_images=64, adapt_head_steps=20,
+                                  adapt_probe_steps=1)
         args.l224 = args.with_224
     if args.runs:
         cfg = dataclasses.replace(cfg, runs=args.runs, runs_224=args.runs)
+    cfg = dataclasses.replace(cfg, adapt_224=args.adapt_224)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -304,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": "edgecnn-benchmark-suite/1",
         "command": "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in ["benchmarks/run.py", *(argv or sys.argv[1:])]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git(), "cpu": c, "int8_peak": peak,
-        "versions": versions(), "loadavg_start": loadavg(), "config": dataclasses.asdict(cfg),
+        "versions": versions(), "scheduling": scheduling(), "loadavg_start": loadavg(), "config": dataclasses.asdict(cfg),
         "quick": args.quick, "models": {}, "latency_224": {},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -318,13 +361,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in need:
             log(f"[{time.perf_counter() - t0:5.0f} s] {name}")
             res, states[name] = run_model(name, cfg, work)
+            res["loadavg_after"] = loadavg()
             if name in models:
                 results["models"][name] = res
+            results["seconds"] = round(time.perf_counter() - t0, 1)
             write(results, args.out)
         if l224:
             for name in l224:
                 log(f"[{time.perf_counter() - t0:5.0f} s] {name} at 224x224")
                 results["latency_224"][name] = run_224(name, states[name], cfg, work)
+                results["latency_224"][name]["loadavg_after"] = loadavg()
+                results["seconds"] = round(time.perf_counter() - t0, 1)
                 write(results, args.out)
     finally:
         results["seconds"] = round(time.perf_counter() - t0, 1)

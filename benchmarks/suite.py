@@ -52,9 +52,17 @@ class SuiteConfig:
     calibration_224: int = 128     # the same at 224 px
     eval_limit: int = 1000         # test images for accuracy/agreement (mnist5k has 1,000)
     eval_limit_224: int = 300
-    runs: int = 100                # timed batch-1 runs per row and thread count (medians reported)
-    runs_224: int = 50
+    runs: int = 60                 # timed batch-1 runs per row and thread count (median, p10, p90 reported)
+    runs_224: int = 40
     warmup: int = 10
+    ort_screen_images: int = 200   # ORT quantize_static screen: top-1 on this many test images ...
+    ort_screen_runs: int = 15      # ... and the median of this many 1-thread runs, for all configurations
+    ort_keep: int = 3              # configurations measured fully: the fastest within 1 pp of the screen's best
+    adapt_224: bool = True         # 224 mode: re-estimate batch norms and refit the classifier at 224 px
+    adapt_bn_images: int = 256     # training images for the batch-norm re-estimate at 224 px
+    adapt_head_images: int = 512   # training images whose 224-px features the classifier is refit on
+    adapt_head_steps: int = 300    # AdamW steps (batch 64) on those cached features
+    adapt_probe_steps: int = 2     # full fine-tune steps (batch 32) timed at 224, to report what one would cost
     ort_configs: list = field(default_factory=lambda: list(ORT_CONFIGS))
     nncf_presets: tuple = NNCF_PRESETS
     tflite: bool = True
@@ -86,9 +94,12 @@ class Row:
     agreement: float | None = None
     p50_1t: float | None = None
     p50_all: float | None = None
-    status: str = "ok"
+    status: str = "ok"            # ok | failed | screened (an ORT configuration not measured fully)
     error: str | None = None
     notes: list = field(default_factory=list)
+    spread: dict = field(default_factory=dict)     # '1t'/'all' -> {runs, p10, p90} of the timed runs
+    screen: dict = field(default_factory=dict)     # ORT screen figures (all configurations)
+    seconds: dict = field(default_factory=dict)    # what measuring this row cost: accuracy, open
 
     @property
     def size_bytes(self) -> int | None:
@@ -96,7 +107,8 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("key", "method", "who", "runtime", "precision", "group", "config",
-                                           "top1", "agreement", "p50_1t", "p50_all", "status", "error", "notes")}
+                                           "top1", "agreement", "p50_1t", "p50_all", "status", "error", "notes",
+                                           "spread", "screen", "seconds")}
         d["size_bytes"] = self.size_bytes
         d["files"] = [Path(f).name for f in self.files]
         return d
@@ -123,18 +135,26 @@ def session_opener(path: Path, runtime: str, **options) -> Callable[[int], Calla
 
 
 def accuracy(rows: list[Row], x: np.ndarray, y: np.ndarray, ref: np.ndarray, threads: int,
-             log: Callable[[str], None]) -> None:
+             log: Callable[[str], None], ref_key: str | None = "torch/fp32") -> None:
+    """Top-1 and agreement with `ref` (the eager fp32 logits) of every ok row, in batches of 64
+    (artifacts with a fixed batch run in chunks of it). The row `ref_key` is the model `ref` came
+    from: its logits are `ref`, not a second pass."""
     for r in rows:
         if r.status != "ok":
             continue
+        t = time.perf_counter()
         try:
-            run = r.opener(threads)
-            logits = np.concatenate([run(x[i:i + 64]) for i in range(0, len(x), 64)])
+            if r.key == ref_key and len(ref) == len(x):
+                logits = ref
+            else:
+                run = r.opener(threads)
+                logits = np.concatenate([run(x[i:i + 64]) for i in range(0, len(x), 64)])
+                del run
             r.top1 = round(100.0 * float((logits.argmax(1) == y).mean()), 2)
             r.agreement = round(100.0 * float((logits.argmax(1) == ref.argmax(1)).mean()), 2)
-            del run
         except Exception as e:   # noqa: BLE001  (one row failing is a result, not the end of the suite)
             fail(r, e, log)
+        r.seconds["accuracy"] = round(time.perf_counter() - t, 2)
 
 
 def fail(r: Row, e: BaseException, log: Callable[[str], None]) -> None:
@@ -143,12 +163,14 @@ def fail(r: Row, e: BaseException, log: Callable[[str], None]) -> None:
 
 
 def latency(rows: list[Row], x1: np.ndarray, threads: int, runs: int, warmup: int,
-            log: Callable[[str], None]) -> dict[str, float]:
-    """Median batch-1 ms of each row, interleaved: every round runs each row once, order rotating."""
+            log: Callable[[str], None], spread: dict[str, dict] | None = None) -> dict[str, float]:
+    """Median batch-1 ms of each row, interleaved: every round runs each row once, order rotating.
+    `spread`, when given, receives key -> {runs, p10, p90} (ms)."""
     live: dict[str, Callable] = {}
     for r in rows:
         if r.status != "ok":
             continue
+        t = time.perf_counter()
         try:
             run = r.opener(threads)
             for _ in range(warmup):
@@ -156,6 +178,7 @@ def latency(rows: list[Row], x1: np.ndarray, threads: int, runs: int, warmup: in
             live[r.key] = run
         except Exception as e:   # noqa: BLE001
             fail(r, e, log)
+        r.seconds[f"open_warmup_{threads}t"] = round(time.perf_counter() - t, 2)
     times: dict[str, list[float]] = {k: [] for k in live}
     keys = list(live)
     clock = time.perf_counter
@@ -168,7 +191,12 @@ def latency(rows: list[Row], x1: np.ndarray, threads: int, runs: int, warmup: in
             live[k](x1)
             times[k].append(clock() - t)
     live.clear()
-    return {k: round(1e3 * statistics.median(v), 4) for k, v in times.items()}
+    if spread is not None:
+        for k, v in times.items():
+            q = np.percentile(v, [10, 90]) if v else (None, None)
+            spread[k] = {"runs": len(v), "p10": round(1e3 * float(q[0]), 4) if v else None,
+                         "p90": round(1e3 * float(q[1]), 4) if v else None}
+    return {k: round(1e3 * statistics.median(v), 4) for k, v in times.items() if v}
 
 
 # --------------------------------------------------------------------------- training and compression
@@ -236,6 +264,96 @@ def quantize_edgecnn(model, data, n: int, test_limit: int | None = None):
                                                                              t.labels[:test_limit],
                                                                              t.indices[:test_limit])})
     return quantize(model, QuantizeConfig(calibration_samples=n, calibration_batch_size=32), data)
+
+
+def _top1(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = torch.cat([model(x[i:i + 64]) for i in range(0, len(x), 64)])
+    return round(100.0 * float((logits.argmax(1) == y).float().mean()), 2)
+
+
+def adapt_224(model, data, cfg: SuiteConfig, log, label: str, measure: bool = False):
+    """Adapt weights trained at the main size to 224 px without a full fine-tune (too slow on this
+    CPU: `probe_full_finetune` times it): re-estimate every batch norm's statistics on
+    `cfg.adapt_bn_images` 224-px training images, then refit the classifier (the last Linear) on the
+    cached 224-px features of `cfg.adapt_head_images` training images (AdamW, batch 64,
+    `cfg.adapt_head_steps` steps). Every other weight is unchanged. Returns (adapted copy, info);
+    `measure`: also top-1 on 200 validation images before and after."""
+    from edgecnn.models import classifier_name
+    from edgecnn.train import recalibrate_batch_norm
+
+    m = copy.deepcopy(model).cpu().eval()
+    torch.set_num_threads(all_threads())
+    info: dict[str, Any] = {"bn_images": cfg.adapt_bn_images, "head_images": cfg.adapt_head_images,
+                            "head_steps": cfg.adapt_head_steps}
+    t0 = time.perf_counter()
+    if measure:
+        xv, yv = data.tensors("val", 200)
+        info["val_images"] = len(xv)
+        info["val_top1_before"] = _top1(m, xv, yv)
+    t = time.perf_counter()
+    recalibrate_batch_norm(m, data, batches=max(1, cfg.adapt_bn_images // 32), batch_size=32, seed=cfg.seed)
+    m.eval()
+    info["bn_seconds"] = round(time.perf_counter() - t, 1)
+    head_name = classifier_name(m)
+    if head_name and cfg.adapt_head_steps > 0:
+        t = time.perf_counter()
+        head = m.get_submodule(head_name)
+        feats: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        hook = head.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().flatten(1)))
+        try:
+            with torch.no_grad():
+                for xb, yb in data.batches("train", 64, shuffle=True, seed=cfg.seed + 1, limit=cfg.adapt_head_images):
+                    m(xb)
+                    labels.append(yb)
+        finally:
+            hook.remove()
+        f, yl = torch.cat(feats), torch.cat(labels)
+        info["features_seconds"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed)
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+        head.train()
+        with torch.enable_grad():
+            for _ in range(cfg.adapt_head_steps):
+                idx = torch.randint(0, len(f), (64,), generator=g)
+                loss = torch.nn.functional.cross_entropy(head(f[idx]), yl[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        head.eval()
+        info["head"] = head_name
+        info["head_seconds"] = round(time.perf_counter() - t, 1)
+    m.eval()
+    if measure:
+        info["val_top1_after"] = _top1(m, xv, yv)
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"    adapt {label} to {data.input_shape[1]} px (BN re-estimate + classifier refit): {info['seconds']:.0f} s"
+        + (f", val top-1 {info['val_top1_before']}% -> {info['val_top1_after']}%" if measure else ""))
+    return m, info
+
+
+def probe_full_finetune(model, data, steps: int, batch: int = 32) -> dict[str, Any]:
+    """Time `steps` optimizer steps (AdamW, batch `batch`) of fine-tuning all weights at the data's size
+    on a copy (thrown away): what one epoch of a real fine-tune would cost here."""
+    m = copy.deepcopy(model).cpu().train()
+    torch.set_num_threads(all_threads())
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    times = []
+    for i, (xb, yb) in enumerate(data.batches("train", batch, shuffle=True, seed=1)):
+        if i >= steps:
+            break
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(m(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    per = statistics.median(times) if times else None
+    n = data.num_batches("train", batch)
+    return {"steps": len(times), "batch": batch, "step_seconds": [round(v, 2) for v in times],
+            "steps_per_epoch": n, "epoch_seconds_estimate": round(per * n) if per else None}
 
 
 # --------------------------------------------------------------------------- exports
@@ -332,16 +450,18 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
     example = data.example_input(1)
     x_cal = data.tensors("calibration", cal_n)[0].numpy()
     rows: list[Row] = []
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"steps": {}}
     t0 = time.perf_counter()
 
     def step(what: str, fn: Callable[[], Any], row_on_fail: Row | None = None):
         t = time.perf_counter()
         try:
             out = fn()
+            info["steps"][what] = round(time.perf_counter() - t, 2)
             log(f"    {what}: {time.perf_counter() - t:.0f} s")
             return out
         except Exception as e:   # noqa: BLE001
+            info["steps"][what] = round(time.perf_counter() - t, 2)
             log(f"    [failed] {what}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
             if os.environ.get("EDGECNN_BENCH_DEBUG"):
                 traceback.print_exc()
@@ -356,8 +476,9 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
     if fp32_onnx:
         rows.append(Row("ort/fp32", "ONNX fp32", "baseline", "onnxruntime", "fp32",
                         session_opener(fp32_onnx, "onnxruntime"), [fp32_onnx], group="fp32"))
-    fp32_ir = step("export fp32 OpenVINO IR", lambda: export_format("openvino", float_model, example,
-                                                                    work / "fp32.xml", "fp32"))
+    # IRs are converted from the ONNX files already written: the openvino exporter's own route
+    # (torch -> ONNX -> openvino.convert_model), without exporting the same graph a second time.
+    fp32_ir = step("fp32 ONNX -> OpenVINO IR", lambda: onnx_to_ir(fp32_onnx, work / "fp32.xml")) if fp32_onnx else None
     if fp32_ir:
         rows.append(Row("ov/fp32", "OpenVINO IR fp32 (CPU default precision)", "baseline", "openvino", "fp32",
                         session_opener(fp32_ir, "openvino"), [fp32_ir, fp32_ir.with_suffix(".bin")], group="fp32"))
@@ -386,8 +507,7 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
                     rows.append(Row("ov/edgecnn-openvino", "edgecnn int8 IR, lowering 'openvino'", "edgecnn",
                                     "openvino", "int8", session_opener(xml, "openvino"),
                                     [xml, xml.with_suffix(".bin")], group="int8-ov", config=out[1]))
-        ir = step("export int8 OpenVINO IR", lambda: export_format("openvino", q.model, example,
-                                                                   work / "edgecnn_int8.xml", "int8"))
+        ir = step("int8 ONNX -> OpenVINO IR", lambda: onnx_to_ir(raw, work / "edgecnn_int8.xml")) if raw else None
         if ir:
             rows.append(Row("ov/edgecnn-ir", "edgecnn int8 IR, no lowering (ExportConfig default)", "edgecnn", "openvino", "int8",
                             session_opener(ir, "openvino"), [ir, ir.with_suffix(".bin")], group="int8-ov"))
@@ -485,24 +605,69 @@ def kernels(rows: list[Row], log) -> None:
             log(f"    kernels of {r.key}: {type(e).__name__}: {e}")
 
 
-def measure_rows(rows: list[Row], data, limit: int, runs: int, warmup: int, float_model, log) -> dict[str, Any]:
+def screen_ort(rows: list[Row], x: np.ndarray, y: np.ndarray, ref: np.ndarray, cfg: SuiteConfig, log) -> dict:
+    """Screen ORT quantize_static's configurations: top-1 on `cfg.ort_screen_images` test images and the
+    median of `cfg.ort_screen_runs` interleaved 1-thread runs for every one; the `cfg.ort_keep` fastest of
+    those within 1 pp of the screen's best top-1 are measured fully, the others stay as rows with status
+    'screened' and their screen figures (ORT's best configuration is always among those measured)."""
+    peers = [r for r in rows if r.who == "peer" and r.group == "int8-ort" and r.status == "ok"]
+    if len(peers) <= cfg.ort_keep:
+        return {}
+    t = time.perf_counter()
+    n = min(cfg.ort_screen_images, len(x))
+    accuracy(peers, x[:n], y[:n], ref[:n], all_threads(), log, ref_key=None)
+    spread: dict[str, dict] = {}
+    med = latency(peers, x[:1], 1, cfg.ort_screen_runs, 3, log, spread)
+    live = [r for r in peers if r.status == "ok" and r.key in med]
+    for r in peers:
+        r.screen = {"images": n, "top1": r.top1, "agreement": r.agreement, "p50_1t": med.get(r.key),
+                    **{k: v for k, v in spread.get(r.key, {}).items()}}
+        r.top1 = r.agreement = None
+    if not live:
+        return {}
+    top = max(r.screen["top1"] or 0 for r in live)
+    near = sorted((r for r in live if (r.screen["top1"] or 0) >= top - 1.0), key=lambda r: r.screen["p50_1t"])
+    keep = {r.key for r in near[:cfg.ort_keep]}
+    for r in live:
+        if r.key not in keep:
+            r.status = "screened"
+            r.error = (f"not measured fully: screen {r.screen['top1']}% top-1 on {n} images, "
+                       f"{r.screen['p50_1t']} ms at 1 thread ({cfg.ort_screen_runs} runs)")
+    out = {"images": n, "runs": cfg.ort_screen_runs, "kept": sorted(keep), "seconds": round(time.perf_counter() - t, 1)}
+    log(f"    ORT screen of {len(peers)} configurations: kept {', '.join(sorted(keep))} ({out['seconds']:.0f} s)")
+    return out
+
+
+def measure_rows(rows: list[Row], data, limit: int, runs: int, warmup: int, float_model, log,
+                 cfg: SuiteConfig | None = None) -> dict[str, Any]:
     x, y = data.tensors("test", limit)
     x, y = x.numpy(), y.numpy()
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
     with torch.no_grad():
         torch.set_num_threads(all_threads())
         ref = np.concatenate([float_model(torch.from_numpy(x[i:i + 64])).numpy() for i in range(0, len(x), 64)])
+    timing["reference_logits"] = round(time.perf_counter() - t, 1)
+    out: dict[str, Any] = {}
+    if cfg is not None:
+        out["ort_screen"] = screen_ort(rows, x, y, ref, cfg, log)
+        timing["ort_screen"] = out["ort_screen"].get("seconds", 0.0)
     t = time.perf_counter()
     accuracy(rows, x, y, ref, all_threads(), log)
-    log(f"    accuracy of {len(rows)} rows on {len(x)} images: {time.perf_counter() - t:.0f} s")
+    timing["accuracy"] = round(time.perf_counter() - t, 1)
+    log(f"    accuracy of {sum(r.status == 'ok' for r in rows)} rows on {len(x)} images: {time.perf_counter() - t:.0f} s")
     x1 = x[:1]
-    for threads, attr in ((1, "p50_1t"), (all_threads(), "p50_all")):
+    for threads, attr, tag in ((1, "p50_1t", "1t"), (all_threads(), "p50_all", "all")):
         t = time.perf_counter()
-        med = latency(rows, x1, threads, runs, warmup, log)
+        spread: dict[str, dict] = {}
+        med = latency(rows, x1, threads, runs, warmup, log, spread)
         for r in rows:
             if r.key in med:
                 setattr(r, attr, med[r.key])
+                r.spread[tag] = spread[r.key]
+        timing[f"latency_{tag}"] = round(time.perf_counter() - t, 1)
         log(f"    latency at {threads} thread(s), {runs} interleaved runs: {time.perf_counter() - t:.0f} s")
-    return {"n_images": len(x), "threads_all": all_threads()}
+    return {"n_images": len(x), "threads_all": all_threads(), "runs": runs, "measure_seconds": timing, **out}
 
 
 def best_of(rows: list[Row], who: str, group: str, tolerance_pp: float = 0.5) -> Row | None:
@@ -573,8 +738,10 @@ def run_size(name: str, float_model, pruned: dict[str, tuple], data, cal_n: int,
              cfg: SuiteConfig, work: Path, log, tag: str) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     rows, info = build_rows(name, float_model, pruned, data, cal_n, work, cfg, log, tag)
+    t = time.perf_counter()
     kernels(rows, log)
-    info.update(measure_rows(rows, data, limit, runs, cfg.warmup, float_model, log))
+    info["kernels_seconds"] = round(time.perf_counter() - t, 1)
+    info.update(measure_rows(rows, data, limit, runs, cfg.warmup, float_model, log, cfg))
     info.update(summarize(rows, info))
     info["input_shape"] = list(data.input_shape)
     info["rows"] = [r.to_dict() for r in rows]

@@ -16,15 +16,48 @@ def _size(b: int | None) -> str:
     return "" if not b else f"{b / 1e6:.2f}"
 
 
+def _spread(row: dict[str, Any], tag: str) -> str:
+    s = (row.get("spread") or {}).get(tag)
+    if not s or s.get("p10") is None:
+        return ""
+    return f"{s['p10']:.3f}-{s['p90']:.3f}"
+
+
+def phases(r: dict[str, Any]) -> list[str]:
+    """Where this model's seconds went."""
+    parts = dict(r.get("phases") or {})
+    steps = r.get("steps") or {}
+    groups = {"exports (ONNX, IR, TFLite)": ("export", "-> OpenVINO IR", " IR", "lower"),
+              "edgecnn PTQ": ("PTQ",), "ORT quantize_static": ("ORT quantize_static",), "NNCF": ("NNCF",)}
+    for label, keys in groups.items():
+        v = sum(t for k, t in steps.items() if any(x in k for x in keys)
+                and not (label.startswith("exports") and ("PTQ" in k or "NNCF" in k or "ORT" in k)))
+        if v:
+            parts[label] = round(v, 1)
+    parts["runtime kernel inspection"] = r.get("kernels_seconds")
+    for k, v in (r.get("measure_seconds") or {}).items():
+        parts[k.replace("_", " ")] = v
+    parts = {k: v for k, v in parts.items() if v}
+    if not parts:
+        return []
+    return ["Seconds: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                    for k, v in parts.items()) + f"; total {r.get('seconds', 0):.0f}. Load average after: {r.get('loadavg_after')}.", ""]
+
+
 def table(r: dict[str, Any]) -> list[str]:
-    lines = ["| method | runtime | prec | top-1 % | agree % | p50 1T ms | p50 all ms | speedup 1T | speedup all "
-             "| size MB | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | runtime | prec | top-1 % | agree % | p50 1T ms | p10-p90 1T | p50 all ms | speedup 1T "
+             "| speedup all | size MB | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         c = row.get("config") or {}
         notes = []
-        if row["status"] != "ok":
+        if row["status"] == "screened":
+            notes.append(f"screened out: {row['error']}")
+        elif row["status"] != "ok":
             notes.append(f"**{row['status']}**: {row['error']}")
+        elif row.get("screen"):
+            sc = row["screen"]
+            notes.append(f"screen: {sc.get('top1')}% on {sc.get('images')} images, {sc.get('p50_1t')} ms")
         if "macs_ratio" in c:
             notes.append(f"MACs /{c['macs_ratio']}")
         if c.get("best"):
@@ -38,7 +71,8 @@ def table(r: dict[str, Any]) -> list[str]:
             notes.append("lowering " + ", ".join(f"{k} {v}" for k, v in c["changes"].items())
                          + ("" if c.get("exact") else " (inexact passes)"))
         lines.append(f"| {row['method']} | {row['runtime']} | {row['precision']} | {_f(row['top1'])} | "
-                     f"{_f(row['agreement'])} | {_f(row['p50_1t'], 3)} | {_f(row['p50_all'], 3)} | "
+                     f"{_f(row['agreement'])} | {_f(row['p50_1t'], 3)} | {_spread(row, '1t')} | "
+                     f"{_f(row['p50_all'], 3)} | "
                      f"{_f(c.get('speedup_vs_eager_1t'), 1, 'x')} | {_f(c.get('speedup_vs_eager_all'), 1, 'x')} | "
                      f"{_size(row['size_bytes'])} | {'; '.join(notes)} |")
     return lines
@@ -78,6 +112,7 @@ def markdown(res: dict[str, Any]) -> str:
              + (" **Measured while the machine was busy: latency figures are noisy.**" if loaded else ""), "",
              f"CPU: {c.get('model')} ({c.get('vendor', '')}{', ' + c['hypervisor'] + ' VM' if c.get('hypervisor') else ''}), "
              f"{c.get('cores')} cores, {c.get('mhz')} MHz; flags: {' '.join(c.get('flags', []))}  ",
+             (f"Scheduling: {res['scheduling']}  " if res.get("scheduling") else ""),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in res.get("versions", {}).items()), "",
              "Rows: batch 1, medians of interleaved runs in one process; top-1 and agreement (top-1 equal to the fp32 "
              "PyTorch eager model's) on mnist5k test images; speedup = eager fp32 ms / row ms at the same thread count. "
@@ -102,11 +137,32 @@ def markdown(res: dict[str, Any]) -> str:
         for name, r in res.get(key, {}).items():
             lines += [f"## {name}, input {r.get('input_shape')} ({title})", ""]
             if key == "latency_224":
-                lines += [f"Weights trained at {res['config']['size']} px; top-1 here is theirs on 224-px upscaled "
-                          "digits (same weights and calibration images for every row).", ""]
+                ad = r.get("adapt_224") or {}
+                m = ad.get("model")
+                if m:
+                    lines += [f"Weights trained at {res['config']['size']} px, adapted to 224 px: batch norms "
+                              f"re-estimated on {m['bn_images']} training images and the classifier refit on the "
+                              f"224-px features of {m['head_images']} ({m['head_steps']} AdamW steps), "
+                              f"{m['seconds']:.0f} s; validation top-1 {m['val_top1_before']}% before, "
+                              f"{m['val_top1_after']}% after ({m['val_images']} images). The pruned models got the "
+                              "same treatment. Same weights and calibration images for every row."]
+                    pr = ad.get("full_finetune_probe")
+                    if pr and pr.get("epoch_seconds_estimate"):
+                        lines[-1] += (f" A full fine-tune instead: {pr['steps']} steps of batch {pr['batch']} took "
+                                      f"{pr['step_seconds']} s, so one epoch ({pr['steps_per_epoch']} steps) would take "
+                                      f"~{pr['epoch_seconds_estimate']} s.")
+                    lines.append("")
+                else:
+                    lines += [f"Weights trained at {res['config']['size']} px, used as they are: top-1 here is theirs "
+                              "on 224-px upscaled digits (same weights and calibration images for every row).", ""]
             q = r.get("edgecnn_quantize")
             if q:
                 lines += [f"edgecnn PT2E fake-quant: fp32 top-1 {q['float_test'].get('top1')}% -> int8 "
                           f"{q['int8_test'].get('top1')}% (whole test split). MACs {r.get('macs', 0) / 1e6:.1f} M.", ""]
-            lines += table(r) + comparisons(r) + [""]
+            scr = r.get("ort_screen")
+            if scr:
+                lines += [f"ORT quantize_static: all {len([x for x in r['rows'] if x['key'].startswith('ort/peer-')])} "
+                          f"configurations screened ({scr['images']} test images, {scr['runs']} runs at 1 thread); "
+                          f"measured fully: {', '.join(scr['kept'])}.", ""]
+            lines += table(r) + comparisons(r) + [""] + phases(r)
     return "\n".join(lines) + "\n"

@@ -101,3 +101,77 @@ def test_latency_interleaves_and_records_failures():
     assert set(med) == {"a", "b"} and rs[2].status == "failed" and "no such kernel" in rs[2].error
     timed = calls[2:]                       # after one warm-up call each
     assert timed == ["a", "b", "b", "a", "a", "b", "b", "a"]   # order rotates every round
+
+
+def test_latency_records_spread():
+    rs = [Row("a", "a", "edgecnn", "onnxruntime", "int8", lambda threads: (lambda x: x))]
+    spread = {}
+    med = suite.latency(rs, np.zeros((1, 1, 2, 2), np.float32), 1, runs=7, warmup=1, log=print, spread=spread)
+    assert spread["a"]["runs"] == 7
+    assert spread["a"]["p10"] <= med["a"] <= spread["a"]["p90"]
+
+
+def _fixed(logits_per_image, delay_s=0.0):
+    """An opener whose session returns the given logits row for every image and sleeps `delay_s`."""
+    import time
+
+    def open_(threads):
+        def run(x):
+            if delay_s:
+                time.sleep(delay_s)
+            return np.tile(np.asarray(logits_per_image, np.float32), (len(x), 1))
+        return run
+    return open_
+
+
+def test_ort_screen_keeps_fastest_accurate_and_records_all():
+    y = np.zeros(20, np.int64)
+    ref = np.tile(np.array([[1.0, 0.0]], np.float32), (20, 1))
+    right, wrong = [1.0, 0.0], [0.0, 1.0]
+    rs = [Row("ort/peer-slow", "slow", "peer", "onnxruntime", "int8", _fixed(right, 0.004), group="int8-ort"),
+          Row("ort/peer-fast", "fast", "peer", "onnxruntime", "int8", _fixed(right, 0.0), group="int8-ort"),
+          Row("ort/peer-fast-wrong", "wrong", "peer", "onnxruntime", "int8", _fixed(wrong, 0.0), group="int8-ort"),
+          Row("ort/edgecnn", "e", "edgecnn", "onnxruntime", "int8", _fixed(right), group="int8-ort")]
+    cfg = suite.SuiteConfig(ort_screen_images=10, ort_screen_runs=3, ort_keep=1)
+    out = suite.screen_ort(rs, np.zeros((20, 1, 2, 2), np.float32), y, ref, cfg, log=print)
+    assert out["kept"] == ["ort/peer-fast"]           # 100% and fastest; the wrong one is 0%, the slow one slower
+    st = {r.key: r.status for r in rs}
+    assert st == {"ort/peer-slow": "screened", "ort/peer-fast": "ok", "ort/peer-fast-wrong": "screened",
+                  "ort/edgecnn": "ok"}
+    assert rs[2].screen["top1"] == 0.0 and rs[0].screen["p50_1t"] > rs[1].screen["p50_1t"]
+    assert rs[1].top1 is None and not rs[3].screen     # full accuracy comes later; edgecnn rows are not screened
+    res = {"rows": [r.to_dict() for r in rs], "ort_screen": out}
+    assert any("screened out" in ln for ln in suite_report_table(res))
+
+
+def suite_report_table(r):
+    from suite_report import table
+    return table(r)
+
+
+def test_accuracy_reuses_reference_for_eager_row():
+    calls = []
+    rs = [Row("torch/fp32", "t", "baseline", "torch", "fp32", lambda threads: calls.append(1)),
+          Row("ort/fp32", "o", "baseline", "onnxruntime", "fp32", _fixed([0.0, 1.0]))]
+    ref = np.tile(np.array([[1.0, 0.0]], np.float32), (4, 1))
+    suite.accuracy(rs, np.zeros((4, 1, 2, 2), np.float32), np.zeros(4, np.int64), ref, 1, print)
+    assert not calls and rs[0].top1 == 100.0 and rs[1].top1 == 0.0 and rs[1].agreement == 0.0
+
+
+def test_adapt_224_changes_only_batch_norms_and_classifier():
+    import torch
+
+    from edgecnn.data import DataConfig, load_data
+
+    data = load_data(DataConfig(source="synthetic", image_size=16, channels=3, calibration_size=8), 0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, data.num_classes)).eval()
+    cfg = suite.SuiteConfig(adapt_bn_images=32, adapt_head_images=64, adapt_head_steps=5)
+    adapted, info = suite.adapt_224(model, data, cfg, print, "tiny", measure=True)
+    assert torch.equal(adapted[0].weight, model[0].weight)                     # convolution untouched
+    assert not torch.equal(adapted[1].running_mean, model[1].running_mean)     # statistics re-estimated
+    assert not torch.equal(adapted[5].weight, model[5].weight)                 # classifier refit
+    assert torch.equal(model[1].running_mean, torch.zeros(4))                  # the original is left as it was
+    assert info["head"] == "5" and 0 <= info["val_top1_after"] <= 100 and not adapted.training
