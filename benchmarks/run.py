@@ -210,13 +210,9 @@ def run_224(name: str, state: dict[str, Any], cfg: SuiteConfig, work: Path) -> d
     model, pruned, adapt = state["model"], dict(state["pruned"]), {}
     if cfg.adapt_224:
         t = time.perf_counter()
-        if cfg.adapt_probe_steps:
-            adapt["full_finetune_probe"] = probe = suite.probe_full_finetune(model, data, cfg.adapt_probe_steps)
-            log(f"    full fine-tune at 224 px, batch {probe['batch']}: steps {probe['step_seconds']} s "
-                f"-> one epoch ({probe['steps_per_epoch']} steps) ~{probe['epoch_seconds_estimate']} s")
         model, adapt["model"] = suite.adapt_224(model, data, cfg, log, name, measure=True)
         for key, (pm, pinfo) in state["pruned"].items():
-            am, ainfo = suite.adapt_224(pm, data, cfg, log, f"pruned ({key})")
+            am, ainfo = suite.adapt_224(pm, data, cfg, log, f"pruned ({key})", measure=True)
             pruned[key] = (am, pinfo)
             adapt[f"pruned-{key}"] = ainfo
         phases["adapt"] = round(time.perf_counter() - t, 1)
@@ -310,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="models of the 224x224 mode (default: resnet18 mobilenet_v2)")
     ap.add_argument("--runs", type=int, help="timed runs per row and thread count (default 60; 224: 40)")
     ap.add_argument("--no-adapt-224", dest="adapt_224", action="store_false",
-                    help="224 mode: use the main-size weights as they are (no batch-norm re-estimate, no "
-                         "classifier refit at 224 px)")
+                    help="224 mode: use the main-size weights as they are (no fine-tune at 224 px)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON path; the .md goes beside it")
     ap.add_argument("--cpu-max-mhz", type=float, help="the CPU's max (boost) clock, when lscpu does not report it "
                                                       "(a VM): used for the int8 peak")
@@ -326,8 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                                   eval_limit=200, runs=20, warmup=3, ort_configs=list(ORT_CONFIGS_QUICK),
                                   nncf_presets=("performance",), calibration_224=32, eval_limit_224=50,
                                   runs_224=10, ort_screen_images=50, ort_screen_runs=5, ort_keep=1,
-                                  adapt_bn_images=64, adapt_head_images=64, adapt_head_steps=20,
-                                  adapt_probe_steps=1)
+                                  adapt_bn_images=64, adapt_steps=2)
         args.l224 = args.with_224
     if args.runs:
         cfg = dataclasses.replace(cfg, runs=args.runs, runs_224=args.runs)

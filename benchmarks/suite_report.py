@@ -140,25 +140,22 @@ def markdown(res: dict[str, Any]) -> str:
                 ad = r.get("adapt_224") or {}
                 m = ad.get("model")
                 if m:
-                    lines += [f"Weights trained at {res['config']['size']} px, adapted to 224 px: batch norms "
-                              f"re-estimated on {m['bn_images']} training images and the classifier refit on the "
-                              f"224-px features of {m['head_images']} ({m['head_steps']} AdamW steps), "
-                              f"{m['seconds']:.0f} s; validation top-1 {m['val_top1_before']}% before, "
-                              f"{m['val_top1_after']}% after ({m['val_images']} images). The pruned models got the "
-                              "same treatment. Same weights and calibration images for every row."]
-                    pr = ad.get("full_finetune_probe")
-                    if pr and pr.get("epoch_seconds_estimate"):
-                        lines[-1] += (f" A full fine-tune instead: {pr['steps']} steps of batch {pr['batch']} took "
-                                      f"{pr['step_seconds']} s, so one epoch ({pr['steps_per_epoch']} steps) would take "
-                                      f"~{pr['epoch_seconds_estimate']} s.")
-                    lines.append("")
+                    lines += [f"Weights trained at {res['config']['size']} px, adapted to 224 px by a short fine-tune: "
+                              f"batch norms re-estimated on {m['bn_images']} training images, {m['steps']} steps of "
+                              f"batch {m['batch']} (AdamW, lr {m['lr']}), batch norms re-estimated again; "
+                              f"{m['seconds']:.0f} s, {m['step_seconds_median']} s a step (one epoch, "
+                              f"{m['steps_per_epoch']} steps, would take ~{m['epoch_seconds_estimate']} s). "
+                              f"Validation top-1 ({m['val_images']} images) before -> after: "
+                              + "; ".join(f"{k} {v['val_top1_before']}% -> {v['val_top1_after']}%"
+                                          for k, v in ad.items() if "val_top1_after" in v)
+                              + ". Same weights and calibration images for every row.", ""]
                 else:
                     lines += [f"Weights trained at {res['config']['size']} px, used as they are: top-1 here is theirs "
                               "on 224-px upscaled digits (same weights and calibration images for every row).", ""]
             q = r.get("edgecnn_quantize")
             if q:
                 lines += [f"edgecnn PT2E fake-quant: fp32 top-1 {q['float_test'].get('top1')}% -> int8 "
-                          f"{q['int8_test'].get('top1')}% (whole test split). MACs {r.get('macs', 0) / 1e6:.1f} M.", ""]
+                          f"{q['int8_test'].get('top1')}% ({'first ' + str(q['test_images']) + ' test images' if q.get('test_images') else 'whole test split'}). MACs {r.get('macs', 0) / 1e6:.1f} M.", ""]
             scr = r.get("ort_screen")
             if scr:
                 lines += [f"ORT quantize_static: all {len([x for x in r['rows'] if x['key'].startswith('ort/peer-')])} "

@@ -158,7 +158,7 @@ def test_accuracy_reuses_reference_for_eager_row():
     assert not calls and rs[0].top1 == 100.0 and rs[1].top1 == 0.0 and rs[1].agreement == 0.0
 
 
-def test_adapt_224_changes_only_batch_norms_and_classifier():
+def test_adapt_224_fine_tunes_a_copy_and_reports_cost():
     import torch
 
     from edgecnn.data import DataConfig, load_data
@@ -168,10 +168,16 @@ def test_adapt_224_changes_only_batch_norms_and_classifier():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(4, data.num_classes)).eval()
-    cfg = suite.SuiteConfig(adapt_bn_images=32, adapt_head_images=64, adapt_head_steps=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = suite.SuiteConfig(adapt_bn_images=32, adapt_steps=3)
     adapted, info = suite.adapt_224(model, data, cfg, print, "tiny", measure=True)
-    assert torch.equal(adapted[0].weight, model[0].weight)                     # convolution untouched
+    assert not torch.equal(adapted[0].weight, model[0].weight)                 # fine-tuned
     assert not torch.equal(adapted[1].running_mean, model[1].running_mean)     # statistics re-estimated
-    assert not torch.equal(adapted[5].weight, model[5].weight)                 # classifier refit
-    assert torch.equal(model[1].running_mean, torch.zeros(4))                  # the original is left as it was
-    assert info["head"] == "5" and 0 <= info["val_top1_after"] <= 100 and not adapted.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())   # the original untouched
+    assert info["steps"] == 3 and info["step_seconds_median"] is not None
+    assert info["epoch_seconds_estimate"] is not None and info["steps_per_epoch"] == data.num_batches("train", 32)
+    assert 0 <= info["val_top1_after"] <= 100 and not adapted.training
+
+    cfg0 = suite.SuiteConfig(adapt_bn_images=32, adapt_steps=0)                # statistics only
+    adapted0, info0 = suite.adapt_224(model, data, cfg0, print, "tiny")
+    assert torch.equal(adapted0[0].weight, model[0].weight) and info0["epoch_seconds_estimate"] is None
