@@ -76,7 +76,14 @@ class PruneConfig:
     ratio: float = 0.5                   # structured: share of channels removed; unstructured: of weights zeroed
     target_macs_ratio: float | None = None   # e.g. 2.0: search the ratio until MACs drop >= 2x (overrides ratio)
     global_pruning: bool = False         # rank channels across layers (uneven widths) instead of per layer
-    ratio_source: Literal["uniform", "sensitivity"] = "uniform"    # per-layer ratios from a sensitivity scan
+    ratio_source: Literal["uniform", "sensitivity", "latency"] = "uniform"   # per-layer ratios: one for all,
+    # from a sensitivity scan, or from a measured per-layer latency table (edgecnn.compress.latency_table)
+    latency_runtime: Literal["onnxruntime", "openvino"] = "onnxruntime"   # ratio_source latency: timed where
+    latency_threads: int = 1             # ratio_source latency: intra-op threads of the timing (batch 1)
+    target_latency_ratio: float | None = None   # ratio_source latency: predicted speedup to reach, e.g. 2.0
+    latency_sensitivity: bool = False    # ratio_source latency: rank by latency saved per accuracy lost (scan)
+    latency_measure: bool = True         # ratio_source latency: time the whole models (remainder, measured speedup)
+    latency_cache: str | None = None     # directory of the cached tables; null: the run's cache/ (pipeline), none (API)
     sensitivity_ratios: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7])  # scan points
     sensitivity_limit: int | None = 512  # val images per sensitivity evaluation; null: all
     max_layer_ratio: float = 0.9         # never remove more than this share of one layer's channels
@@ -100,7 +107,9 @@ class PruneConfig:
     def __post_init__(self):
         # Literal types are checked by from_dict; direct construction gets the same message here.
         IMPORTANCES.get(self.importance, key="importance")
-        for name, allowed in (("method", ("structured", "unstructured")), ("ratio_source", ("uniform", "sensitivity")),
+        for name, allowed in (("method", ("structured", "unstructured")),
+                              ("ratio_source", ("uniform", "sensitivity", "latency")),
+                              ("latency_runtime", ("onnxruntime", "openvino")),
                               ("regularize", ("none", "group_lasso", "bn_l1")),
                               ("finetune_with", ("distill", "plain")), ("eval_split", ("val", "test"))):
             value = getattr(self, name)
@@ -124,14 +133,22 @@ class PruneConfig:
         check(all(0.0 < r < 1.0 for r in self.sensitivity_ratios) and len(self.sensitivity_ratios) >= 1,
               "sensitivity_ratios", f"{self.sensitivity_ratios}: give ratios inside (0, 1)")
         check(self.sensitivity_limit is None or self.sensitivity_limit >= 1, "sensitivity_limit", "must be >= 1")
-        check(not (self.ratio_source == "sensitivity" and self.global_pruning), "ratio_source",
-              "'sensitivity' sets per-layer ratios; it cannot be combined with global_pruning: true")
+        check(not (self.ratio_source in ("sensitivity", "latency") and self.global_pruning), "ratio_source",
+              f"'{self.ratio_source}' sets per-layer ratios; it cannot be combined with global_pruning: true")
+        check(self.latency_threads >= 1, "latency_threads", f"{self.latency_threads} must be >= 1 (1: one core)")
+        check(self.target_latency_ratio is None or self.target_latency_ratio > 1.0, "target_latency_ratio",
+              f"{self.target_latency_ratio} must be > 1 (2.0: twice as fast), or null")
+        check(self.target_latency_ratio is None or self.ratio_source == "latency", "target_latency_ratio",
+              "a latency target needs the latency table: set ratio_source: latency")
+        check(not self.latency_sensitivity or self.ratio_source == "latency", "latency_sensitivity",
+              "only ratio_source: latency uses it")
         if self.method == "unstructured":
             check(self.importance in ("l1", "l2"), "importance",
                   f"'{self.importance}' ranks channels; unstructured pruning ranks single weights by |w| "
                   "(use l1)")
             check(self.regularize == "none", "regularize", "sparsity training is for structured pruning")
-            check(self.ratio_source == "uniform", "ratio_source", "sensitivity scans are for structured pruning")
+            check(self.ratio_source == "uniform", "ratio_source",
+                  f"'{self.ratio_source}' sets per-layer channel ratios, which is structured pruning")
             check(not self.compare_plain_finetune, "compare_plain_finetune",
                   "the KD vs plain comparison runs for structured pruning only")
 
@@ -159,6 +176,7 @@ class PruneResult:
     size_gzip_after: int | None = None
     layer_ratios: dict[str, float] | None = None   # ratio_source sensitivity: per-group ratios used
     sensitivity: Any = None                        # the SensitivityResult, when a scan ran
+    latency: dict[str, Any] | None = None          # ratio_source latency: plan, predicted vs measured speedup
     history: list[dict[str, Any]] = field(default_factory=list)   # one entry per step
     notes: list[str] = field(default_factory=list)
 
@@ -496,7 +514,7 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: DataBundle 
     """
     cfg = config or PruneConfig()
     needs_data = (cfg.finetune_epochs > 0 or cfg.importance == "taylor" or cfg.reg_epochs > 0
-                  or cfg.ratio_source == "sensitivity" or cfg.compare_plain_finetune)
+                  or cfg.ratio_source == "sensitivity" or cfg.latency_sensitivity or cfg.compare_plain_finetune)
     if data is None and needs_data:
         raise EdgecnnError("prune: this config fine-tunes, trains for sparsity, scans sensitivity or uses "
                            "taylor importance, which need data: pass data=, or set finetune_epochs: 0, "
@@ -549,6 +567,14 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: DataBundle 
             _taylor_grads(model, data, cfg.taylor_batches, cfg.train.batch_size, seed)
         sens = sensitivity_scan(model, data, cfg, example=example)
         target_at = lambda s: ratios_from_sensitivity(sens, s, cfg.max_layer_ratio)  # noqa: E731
+    elif cfg.ratio_source == "latency":
+        from edgecnn.compress import latency_table
+
+        if cfg.latency_sensitivity:
+            from edgecnn.compress.sensitivity import sensitivity_scan
+            sens = sensitivity_scan(model, data, cfg, example=example)
+        lat_ctx, lat_plan = latency_table.plan_for(model, cfg, example, _modules(model, ignored_names), sens)
+        target_at = lambda s: lat_plan.ratios  # noqa: E731 - the plan already meets the target
     else:
         target_at = lambda s: s  # noqa: E731
 
@@ -558,7 +584,7 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: DataBundle 
         ignored = _modules(model, ignored_names)
         if cfg.importance == "taylor":
             _taylor_grads(model, data, cfg.taylor_batches, cfg.train.batch_size, seed + step)
-        if cfg.target_macs_ratio is not None:
+        if cfg.target_macs_ratio is not None and cfg.ratio_source != "latency":
             macs_now = history[-1]["macs"] if history and "macs" in history[-1] else count_macs(model, input_shape)
             # Reach target^(step/steps) of the original MACs by the end of this step.
             goal = macs0 / cfg.target_macs_ratio ** (step / cfg.steps)
@@ -594,13 +620,23 @@ def prune(model: nn.Module, config: PruneConfig | None = None, data: DataBundle 
         acc_plain, acc_distill = (acc_other, acc1) if cfg.finetune_with == "distill" else (acc1, acc_other)
         notes.append(f"fine-tune after the last step, {cfg.finetune_epochs} epoch(s) each: distillation "
                      f"top-1 {acc_distill['top1']}%, plain cross-entropy {acc_plain['top1']}%")
+    latency = None
+    if cfg.ratio_source == "latency":
+        latency = {"plan": lat_plan.to_dict(), **latency_table.report(lat_ctx, model, example,
+                                                                      measure=cfg.latency_measure)}
+        if latency["no_gain"]:
+            notes.append(f"on {cfg.latency_runtime} ({cfg.latency_threads} thread(s)) cutting "
+                         f"{', '.join(latency['no_gain'])} buys no predicted latency")
+        if latency.get("no_gain_measured"):
+            notes.append(f"the pruned model is not measurably faster on {cfg.latency_runtime}: "
+                         f"{latency['measured_speedup']}x")
     if cfg.round_to and macs1 == macs0:
         notes.append(f"no channel was removed: with round_to {cfg.round_to} the layers are too narrow for "
                      f"ratio {cfg.ratio}; lower round_to or raise the ratio")
     return PruneResult(model, cfg.to_dict(), macs0, macs1, params0, count_params(model), acc0, acc_pruned, acc1,
                        ch0, channel_counts(model), accuracy_plain_finetune=acc_plain,
                        accuracy_distill_finetune=acc_distill, layer_ratios=layer_ratios,
-                       sensitivity=sens, history=history, notes=notes)
+                       sensitivity=sens, latency=latency, history=history, notes=notes)
 
 
 def gzip_size(model: nn.Module) -> int:
@@ -661,6 +697,8 @@ def prune_stage(ctx, cfg: PruneConfig):
     from edgecnn.pipeline import StageResult
 
     teacher = ctx.reference() if (cfg.finetune_epochs > 0 or cfg.compare_plain_finetune) else None
+    if cfg.ratio_source == "latency" and cfg.latency_cache is None:
+        cfg = dataclasses.replace(cfg, latency_cache=str(ctx.run_dir / "cache"))   # tables outlive a rerun
     with warnings.catch_warnings():
         # tp warns about ops it cannot trace; the output-shape check after each step is the real guard.
         warnings.filterwarnings("ignore", module="torch_pruning")
@@ -678,6 +716,9 @@ def prune_stage(ctx, cfg: PruneConfig):
     if result.accuracy_plain_finetune is not None:
         metrics["top1_after_plain_finetune"] = acc(result.accuracy_plain_finetune)
         metrics["top1_after_distill_finetune"] = acc(result.accuracy_distill_finetune)
+    if result.latency is not None:
+        metrics.update(latency_runtime=cfg.latency_runtime, predicted_speedup=result.latency["predicted_speedup"],
+                       measured_speedup=result.latency.get("measured_speedup"), latency_no_gain=result.latency["no_gain"])
     if result.sparsity is not None:
         metrics.update(size_gzip_before=result.size_gzip_before, size_gzip_after=result.size_gzip_after)
     return StageResult(model=result.model, metrics=metrics, files=files)
