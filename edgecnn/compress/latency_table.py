@@ -330,8 +330,9 @@ class LatencyTable:
     measured: int = 0           # points timed by the last build (0: all from the cache)
 
     def cache_name(self) -> str:
-        slug = "".join(c if c.isalnum() else "-" for c in self.cpu).strip("-").lower()[:40] or "cpu"
-        return f"latency_{self.runtime}-{self.version}_{slug}_{self.threads}t.json"
+        def slug(text: str, n: int) -> str:   # OpenVINO's version has '/' in it; CPU names have spaces
+            return "".join(c if c.isalnum() or c in ".-" else "-" for c in text).strip("-").lower()[:n]
+        return f"latency_{self.runtime}-{slug(self.version, 32)}_{slug(self.cpu, 40) or 'cpu'}_{self.threads}t.json"
 
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "threads": self.threads, "cpu": self.cpu, "version": self.version,

@@ -91,6 +91,7 @@ def test_table_structure_and_cache(tmp_path):
     path = tmp_path / table.cache_name()
     assert path.exists() and "onnxruntime" in path.name and "1t" in path.name and "test-cpu" in path.name
     assert json.loads(path.read_text())["entries"] == table.entries
+    assert "/" not in lt.LatencyTable("openvino", 1, "x", "2026.4.1-releases/2026/4").cache_name()
     # Same key: nothing is timed again, and the lookups agree.
     again = Counting(macs_timer)
     cached = lt.build_table(specs, "onnxruntime", 1, cache_dir=tmp_path, timer=again, cpu="Test CPU 9000", version="1.0")
