@@ -756,6 +756,9 @@ def report(ctx: LatencyContext, pruned: nn.Module, example: torch.Tensor, *, mea
         "cpu": ctx.table.cpu, "remainder_ms": ctx.remainder_ms,
         "predicted_ms_unpruned": round(before, 4), "predicted_ms_pruned": round(after, 4),
         "predicted_speedup": round(before / max(1e-9, after), 4),
+        # The layers alone, without the remainder: on a shared machine the table and the whole model
+        # may be timed at different loads, which the remainder (a difference of the two) absorbs.
+        "predicted_speedup_layers": round((before - ctx.remainder_ms) / max(1e-9, after - ctx.remainder_ms), 4),
         "no_gain": no_gain_groups(ctx.table, ctx.specs, ctx.groups, ctx.keep_of(pruned)),
         "layers": layer_breakdown(ctx.table, ctx.specs, widths)}
     if measure and ctx.onnx_path is not None:
