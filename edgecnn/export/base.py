@@ -48,6 +48,8 @@ class Job:
     staging: Path                  # write files here, with their final names
     stem: str                      # file stem, e.g. 'model_int8'
     contract: dict[str, Any]       # partial contract to embed (no sha256 yet)
+    cache: dict[Any, Any] | None = None   # shared by the jobs of one export_all / check_model: formats
+    #   written through the same intermediate (ONNX for ONNX and OpenVINO) convert the model once
 
 
 @dataclass
@@ -201,13 +203,15 @@ def operator_error(fmt: str, precision: str, model: Any, example_input: Any, err
 
 def export_artifact(fmt: str, model: Any, example_input: Any, path: str | Path, config: Any, *,
                     precision: str | None = None, meta: dict[str, Any] | None = None,
-                    verify_inputs: np.ndarray | None = None, reference: Any = None) -> "Artifact":
+                    verify_inputs: np.ndarray | None = None, reference: Any = None,
+                    cache: dict[Any, Any] | None = None) -> "Artifact":
     """Write `model` as `fmt` to `path`, verify it in its runtime, write the sidecar; return the Artifact.
 
     precision: fp32 | fp16 | int8; None: int8 for a PT2E-converted graph, else fp32.
     meta: preprocess (dict), class_names, recipe_hash, embedded in the contract.
     verify_inputs: float32 NCHW images to compare on (default: example_input and 15 random images).
     reference: the PyTorch module the artifact must match (default: `model`).
+    cache: a dict shared by the calls that export the same model (see Job.cache).
     """
     import torch
 
@@ -248,7 +252,7 @@ def export_artifact(fmt: str, model: Any, example_input: Any, path: str | Path, 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        job = Job(model, example_input, precision, config, staging, path.stem, contract)
+        job = Job(model, example_input, precision, config, staging, path.stem, contract, cache)
         try:
             written = spec.write(job)
         except ExportError:

@@ -346,6 +346,10 @@ def lower_qdq(model, config: LoweringConfig | None = None) -> LoweringResult:
     config = config or LoweringConfig()
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
+    if config.global_pool and not proto.graph.value_info:
+        # A written artifact has no shape annotations (export/onnx.finalize_proto drops them);
+        # the pool pass reads tensor ranks.
+        proto = onnx.shape_inference.infer_shapes(proto)
     result = LoweringResult(proto, config)
     # Order matters: float reads are requantized first so the activations they leave alone can fold.
     if config.requantize_float_inputs:

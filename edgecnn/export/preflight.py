@@ -82,6 +82,7 @@ def check_model(model: Any, input_shape: tuple[int, ...], formats: list[str] | N
     ref = run_torch(probe, x.numpy())
     cfg = ExportConfig(formats=formats, precisions=["fp32"])
     checks = []
+    cache: dict = {}    # ONNX and OpenVINO convert from one torch.onnx.export of the probe
     for fmt in formats:
         spec = EXPORTERS.get(fmt)
         t0 = time.perf_counter()
@@ -89,7 +90,7 @@ def check_model(model: Any, input_shape: tuple[int, ...], formats: list[str] | N
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 written = spec.write(Job(probe, x, "fp32", cfg, Path(tmp), "probe",
-                                         {"format": fmt, "input": {"layout": "NCHW"}}))
+                                         {"format": fmt, "input": {"layout": "NCHW"}}, cache))
                 check.stage = "load"
                 contract = {"format": fmt, **written.contract}
                 session = open_session(_Staged(written.main, fmt, contract), **runtime_options(fmt, "fp32"))

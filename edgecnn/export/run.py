@@ -46,6 +46,7 @@ def export_all(float_model: Any, quantized_model_or_None: Any, data: Any, out_di
     jobs = [(f, p) for p in cfg.precisions for f in cfg.formats]
     artifacts: list[Artifact] = []
     skipped: list[dict[str, str]] = []
+    cache: dict = {}    # ONNX and OpenVINO share one torch.onnx.export per model
     for fmt, precision in progress.progress(jobs, len(jobs), "export"):
         spec = EXPORTERS.get(fmt)
         if precision not in spec.precisions:
@@ -59,7 +60,7 @@ def export_all(float_model: Any, quantized_model_or_None: Any, data: Any, out_di
         t0 = time.perf_counter()
         try:
             art = export_artifact(fmt, model, example, path, cfg, precision=precision, meta=meta,
-                                  verify_inputs=x_ver)
+                                  verify_inputs=x_ver, cache=cache)
         except ExportError as e:
             if not cfg.skip_unsupported:
                 raise

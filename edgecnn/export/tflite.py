@@ -232,18 +232,43 @@ def _retarget_signature(model, old: int, new: int) -> None:
                 tm.tensorIndex = new
 
 
-def embed_metadata(buf: bytes, key: str, value: bytes, max_name: int = 48) -> bytes:
-    """Add `value` as model metadata `key`; shorten tensor names to their last `max_name` characters.
+def short_name(name: str) -> str:
+    """A tensor name as the module path it comes from: 'pkg.BNCNN/torch.nn.modules.container.Sequential_features/
+    torch.nn.modules.container.Sequential_7/torch.nn.modules.conv.Conv2d_0;1' -> 'features.7.0;1'.
 
-    litert-torch names each tensor after its whole module stack (6 kB of a 90 kB int8 bn_cnn);
-    the tail keeps the layer name, which is what a debugger shows.
+    litert-torch names a tensor after every module stack fused into it, each stack spelled with the
+    full class paths; the last stack's attribute names are what a debugger needs.
+    """
+    parts = name.split(";")
+    tail = parts[-1] if len(parts) > 1 and parts[-1].isdigit() else ""
+    stacks = [p for p in parts if "/" in p]
+    if stacks:
+        attrs = []
+        for comp in stacks[-1].split("/")[1:]:          # the first component is the root model's class
+            cls_attr = comp.rsplit(".", 1)[-1]           # 'Conv2d_0' -> attribute '0'
+            attrs.append(cls_attr.split("_", 1)[1] if "_" in cls_attr else cls_attr)
+        short = ".".join(attrs) or stacks[-1].rsplit(".", 1)[-1]
+    else:
+        short = parts[0].rsplit(".", 1)[-1] if parts[0] else name
+        if not tail and len(parts) > 1 and parts[-1]:
+            tail = parts[-1]
+    return f"{short};{tail}" if tail else short
+
+
+def embed_metadata(buf: bytes, key: str, value: bytes) -> bytes:
+    """Add `value` as model metadata `key`; tensor names become module paths (`short_name`).
+
+    The converter's names are most of a small int8 model's non-weight bytes (1.5 kB of the default
+    recipe's 51 kB); graph inputs and outputs keep their names (the signature refers to them).
     """
     fb = _schema()
     model = _load(buf)
     for sg in model.subgraphs:
-        for t in sg.tensors:
-            if t.name is not None and len(t.name) > max_name:
-                t.name = t.name[-max_name:]
+        io = {int(i) for i in list(sg.inputs) + list(sg.outputs)}
+        for i, t in enumerate(sg.tensors):
+            if t.name is not None and i not in io:
+                name = t.name.decode() if isinstance(t.name, bytes) else t.name
+                t.name = short_name(name).encode()
     b = fb.BufferT()
     b.data = list(value)
     model.buffers.append(b)
