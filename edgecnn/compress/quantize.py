@@ -39,8 +39,10 @@ Accuracy-aware fallback (`max_accuracy_drop`): when all-int8 PTQ loses more val 
 budget, every conv/linear layer is ranked by leave-one-out sensitivity (PTQ of everything except
 that layer; val top-1, KL to the float logits as tie-break), then layers are kept float greedily in
 that order, each kept only if it raises val top-1, until the budget is met or `fallback_candidates`
-layers were tried. A float layer keeps float weights and output; its input and its consumers'
-inputs stay int8 where their producers are int8 (DQ -> float op -> Q in ONNX terms). In QAT mode the
+layers were tried; then each kept layer is tried in int8 again (least helpful first) and goes back
+to int8 if the budget holds without it, so no layer stays float that the budget does not need.
+A float layer keeps float weights and output; its input and its consumers' inputs stay int8 where
+their producers are int8 (DQ -> float op -> Q in ONNX terms). In QAT mode the
 search still uses PTQ as a cheap proxy, and QAT then trains with the chosen layers float.
 
 QAT refuses the histogram-based observers: a fake quantizer would redo the range search on every
@@ -454,12 +456,22 @@ def _freeze_bn(graph: torch.fx.GraphModule) -> None:
         graph.recompile()
 
 
+def _qat_train_mode(graph: torch.fx.GraphModule, bn_frozen: bool, observers_frozen: bool) -> None:
+    """Training mode of a QAT graph: BN on batch statistics unless frozen (then running statistics,
+    not updated), fake quantizers observing unless frozen (then fixed scales, still quantizing)."""
+    from torchao.quantization.pt2e import disable_observer, enable_observer, move_exported_model_to_train
+
+    move_exported_model_to_train(graph)
+    if bn_frozen:
+        _freeze_bn(graph)
+    graph.apply(disable_observer if observers_frozen else enable_observer)
+
+
 def _qat(model: nn.Module, cfg: QuantizeConfig, data, batches: list[torch.Tensor],
          float_layers: Iterable[str], seed: int, timings: dict[str, float]
          ) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     import torch.nn.functional as F
-    from torchao.quantization.pt2e import (disable_observer, enable_observer, move_exported_model_to_eval,
-                                           move_exported_model_to_train)
+    from torchao.quantization.pt2e import disable_observer, enable_observer, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from edgecnn.train import FitHooks, fit
@@ -492,10 +504,7 @@ def _qat(model: nn.Module, cfg: QuantizeConfig, data, batches: list[torch.Tensor
             state["bn_frozen"] = True
 
     def train_mode(m: nn.Module) -> None:
-        move_exported_model_to_train(m)
-        if state["bn_frozen"]:
-            _freeze_bn(m)
-        m.apply(disable_observer if state["obs_frozen"] else enable_observer)
+        _qat_train_mode(m, state["bn_frozen"], state["obs_frozen"])
 
     def eval_mode(m: nn.Module) -> None:
         move_exported_model_to_eval(m)
@@ -546,57 +555,121 @@ def _score(logits: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor) -> tup
     return top1, kl
 
 
+def _layer_weights(graph: torch.fx.GraphModule) -> dict[str, int]:
+    """Weight element count of each conv/linear layer (module path -> numel), from the exported graph."""
+    out: dict[str, int] = {}
+    for n in graph.graph.nodes:
+        if n.op == "call_function" and str(n.target).startswith(_CONV_LINEAR):
+            w, path = n.args[1], _module_path(n)
+            if path and isinstance(w, torch.fx.Node) and w.op == "get_attr":
+                out[path] = out.get(path, 0) + _get_attr(graph, w.target).numel()
+    return out
+
+
 def _search_float_layers(graph: torch.fx.GraphModule, cfg: QuantizeConfig, batches: list[torch.Tensor],
                          val_x: list[torch.Tensor], val_y: torch.Tensor, ref: torch.Tensor, float_top1: float,
                          timings: dict[str, float]) -> dict[str, Any]:
-    """Greedy float fallback, ranked by leave-one-out sensitivity, judged by PTQ on the val images."""
-    budget = cfg.max_accuracy_drop
-    kept = list(cfg.float_layers)
+    """The accuracy-aware search on a real graph: each trial is a PTQ judged on the val images."""
     t0 = time.perf_counter()
-    base = _ptq(graph, cfg, batches, kept)
-    top1, kl = _score(_logits(base, val_x), val_y, ref)
+
+    def measure(float_layers: list[str]) -> tuple[float, float]:
+        return _score(_logits(_ptq(graph, cfg, batches, float_layers), val_x), val_y, ref)
+
+    out = _fallback_search(quantizable_layers(graph), measure, float_top1, cfg.max_accuracy_drop,
+                           cfg.fallback_candidates, list(cfg.float_layers), _layer_weights(graph))
+    out["val_images"] = len(val_y)
+    timings["search"] = time.perf_counter() - t0
+    return out
+
+
+def _fallback_search(layers: list[str], measure_: Callable[[list[str]], tuple[float, float]], float_top1: float,
+                     budget: float, max_candidates: int, kept: list[str],
+                     weights: dict[str, int] | None = None) -> dict[str, Any]:
+    """Fewest float layers that bring the val drop within `budget`; `measure_(float_layers)` gives
+    (val top-1, KL to the float logits) of the model with those layers float and the rest int8.
+
+    1. Rank: leave-one-out sensitivity (only that layer float), best recovery first.
+    2. Grow: add layers in that order, each kept only if val top-1 rises (or ties with lower KL),
+       until the budget is met or `max_candidates` layers were tried.
+    3. Shrink: try quantizing each added layer again (least helpful first); drop it from the float
+       set if the budget still holds without it. Each survivor records the val top-1 it would
+       leave if quantized again (its cost) and its weight count (the size it keeps float).
+    """
+    weights = weights or {}
+    runs = [0]
+
+    def measure(float_layers: list[str]) -> tuple[float, float]:
+        runs[0] += 1
+        return measure_(float_layers)
+
+    top1, kl = measure(kept)
     out: dict[str, Any] = {"int8_val_top1_all_layers": round(top1, 2), "float_val_top1": round(float_top1, 2),
-                           "sensitivity": [], "float_layers": [], "budget_met": float_top1 - top1 <= budget}
+                           "sensitivity": [], "float_layers": [],
+                           "budget_met": float_top1 - top1 <= budget}
     if out["budget_met"]:
         out["message"] = f"all layers int8 lose {float_top1 - top1:.2f} points on val, within {budget}"
-        timings["search"] = time.perf_counter() - t0
+        out["trials"] = runs[0]
         return out
 
-    # Sensitivity: quantize everything except one layer; the more that recovers, the more sensitive.
+    # 1. Sensitivity: quantize everything except one layer; the more that recovers, the more sensitive.
     sens = []
-    for layer in quantizable_layers(graph):
+    for layer in layers:
         if layer in kept:
             continue
-        q = _ptq(graph, cfg, batches, kept + [layer])
-        l_top1, l_kl = _score(_logits(q, val_x), val_y, ref)
+        l_top1, l_kl = measure(kept + [layer])
         sens.append({"layer": layer, "val_top1_when_float": round(l_top1, 2),
                      "recovers_points": round(l_top1 - top1, 2), "kl_when_float": round(l_kl, 6)})
     sens.sort(key=lambda s: (-s["val_top1_when_float"], s["kl_when_float"]))
     out["sensitivity"] = sens
 
+    # 2. Grow greedily in sensitivity order.
+    added: list[dict[str, Any]] = []
     cur_top1, cur_kl = top1, kl
-    for s in sens[:cfg.fallback_candidates]:
-        trial = kept + [s["layer"]]
-        q = _ptq(graph, cfg, batches, trial)
-        t_top1, t_kl = _score(_logits(q, val_x), val_y, ref)
+    for s in sens[:max_candidates]:
+        trial = kept + [a["layer"] for a in added] + [s["layer"]]
+        t_top1, t_kl = measure(trial)
         if t_top1 > cur_top1 or (t_top1 == cur_top1 and t_kl < cur_kl):
-            out["float_layers"].append({"layer": s["layer"], "val_top1_before": round(cur_top1, 2),
-                                        "val_top1_after": round(t_top1, 2),
-                                        "recovered_points": round(t_top1 - cur_top1, 2),
-                                        "val_top1_alone_float": s["val_top1_when_float"]})
-            kept, cur_top1, cur_kl = trial, t_top1, t_kl
+            added.append({"layer": s["layer"], "val_top1_before": round(cur_top1, 2),
+                          "val_top1_after": round(t_top1, 2), "recovered_points": round(t_top1 - cur_top1, 2),
+                          "val_top1_alone_float": s["val_top1_when_float"]})
+            cur_top1, cur_kl = t_top1, t_kl
             if float_top1 - cur_top1 <= budget:
                 break
+    out["grown"] = [a["layer"] for a in added]
+
+    # 3. Shrink: a layer the grow step needed early may be redundant once later ones are float.
+    if float_top1 - cur_top1 <= budget and len(added) > 1:
+        removed = False
+        for a in sorted(added, key=lambda a: a["recovered_points"]):
+            if len(added) == 1:
+                break
+            t_top1, t_kl = measure(kept + [b["layer"] for b in added if b is not a])
+            a["val_top1_if_int8_again"] = round(t_top1, 2)
+            if float_top1 - t_top1 <= budget:
+                added.remove(a)
+                cur_top1, cur_kl, removed = t_top1, t_kl, True
+        out["removed_by_shrink"] = [s["layer"] for s in sens if s["layer"] in out["grown"]
+                                    and s["layer"] not in {a["layer"] for a in added}]
+        if removed and len(added) > 1:   # survivors' cost of going back to int8, against the final set
+            for a in added:
+                a["val_top1_if_int8_again"] = round(measure(kept + [b["layer"] for b in added if b is not a])[0], 2)
+    if len(added) == 1:
+        added[0]["val_top1_if_int8_again"] = round(top1, 2)
+    for a in added:
+        a["weights"] = weights.get(a["layer"], 0)
+        a["extra_weight_bytes"] = 3 * a["weights"]    # float32 instead of int8
+    out["float_layers"] = added
+    kept = kept + [a["layer"] for a in added]
     out["budget_met"] = float_top1 - cur_top1 <= budget
     out["int8_val_top1"] = round(cur_top1, 2)
     out["kept_float"] = kept
+    out["trials"] = runs[0]
     out["message"] = (f"kept {len(kept)} layer(s) float; val drop {float_top1 - cur_top1:.2f} points "
                       f"(budget {budget})" if out["budget_met"] else
                       f"budget of {budget} points not reached: best val drop {float_top1 - cur_top1:.2f} points "
-                      f"with {len(kept)} layer(s) float after trying {min(len(sens), cfg.fallback_candidates)} "
+                      f"with {len(kept)} layer(s) float after trying {min(len(sens), max_candidates)} "
                       "candidates. Raise quantize.fallback_candidates or quantize.max_accuracy_drop, or use "
                       "mode: qat.")
-    timings["search"] = time.perf_counter() - t0
     return out
 
 

@@ -226,3 +226,78 @@ def test_qat_runs_and_converts(trained, digits, tmp_path):
     with torch.no_grad():
         assert torch.equal(load_quantized(path)(x), res.model(x))
     evaluate(res.model, digits, "val")   # the converted graph runs on any batch size
+
+
+def test_fallback_search_grows_then_shrinks_to_fewest_layers():
+    """Greedy growth needs A, B and C to meet the budget, but {B, C} alone meets it: the shrink step
+    must quantize A again. Synthetic val top-1 per float set, so the search logic is tested exactly."""
+    from edgecnn.compress.quantize import _fallback_search
+
+    acc = {(): 80.0, ("A",): 84.0, ("B",): 83.0, ("C",): 82.0, ("D",): 79.0,
+           ("A", "B"): 86.0, ("A", "B", "C"): 89.5, ("A", "C"): 88.0, ("B", "C"): 89.2}
+    calls = []
+
+    def measure(float_layers):
+        calls.append(tuple(float_layers))
+        return acc[tuple(sorted(float_layers))], 0.0
+
+    out = _fallback_search(["D", "C", "B", "A"], measure, float_top1=90.0, budget=1.0, max_candidates=4,
+                           kept=[], weights={"A": 10, "B": 20, "C": 30, "D": 40})
+    assert [s["layer"] for s in out["sensitivity"]] == ["A", "B", "C", "D"]
+    assert out["grown"] == ["A", "B", "C"]
+    assert out["removed_by_shrink"] == ["A"]
+    assert out["budget_met"] and out["kept_float"] == ["B", "C"] and out["int8_val_top1"] == 89.2
+    cost = {a["layer"]: a for a in out["float_layers"]}
+    assert cost["B"]["val_top1_if_int8_again"] == 82.0 and cost["C"]["val_top1_if_int8_again"] == 83.0
+    assert cost["C"]["extra_weight_bytes"] == 90
+    assert out["trials"] == len(calls)
+
+
+def test_fallback_search_stops_at_one_layer_and_reports_unreachable():
+    from edgecnn.compress.quantize import _fallback_search
+
+    acc = {(): 80.0, ("A",): 89.5, ("B",): 81.0, ("A", "B"): 89.6}
+
+    def measure(float_layers):
+        return acc[tuple(sorted(float_layers))], 0.0
+
+    out = _fallback_search(["A", "B"], measure, 90.0, 1.0, 4, [])
+    assert out["kept_float"] == ["A"] and out["float_layers"][0]["val_top1_if_int8_again"] == 80.0
+    assert "removed_by_shrink" not in out
+    out = _fallback_search(["A", "B"], measure, 90.0, 0.2, 4, [])
+    assert not out["budget_met"] and "not reached" in out["message"]
+    assert out["kept_float"] == ["A", "B"]
+
+
+@pytest.mark.parametrize("source", ["bn_cnn", pytest.param("torchvision:mobilenet_v3_small", marks=pytest.mark.slow)])
+def test_qat_freezing_stops_bn_statistics_and_observer_ranges(source):
+    """After freezing, a training-mode forward leaves BN running statistics and fake-quant ranges as
+    they were while still fake-quantizing; before freezing, both move. mobilenet_v3_small: BN momentum
+    0.01, hardswish and squeeze-excitation in the QAT graph."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    from edgecnn.compress.quantize import _qat_train_mode, make_quantizer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(source), 10, 1).eval()
+    x = torch.randn(4, 1, 32, 32)
+    prepared = prepare_qat_pt2e(export_graph(model, x[:2]), make_quantizer(QuantizeConfig(mode="qat")))
+
+    def stats():
+        return {k: v.clone() for k, v in prepared.named_buffers()
+                if k.endswith(("running_mean", "running_var", "min_val", "max_val", "scale"))}
+
+    def moved(before):
+        after = dict(prepared.named_buffers())
+        return {k.rsplit(".", 1)[-1] for k, v in before.items() if not torch.equal(v, after[k])}
+
+    _qat_train_mode(prepared, bn_frozen=False, observers_frozen=False)
+    before = stats()
+    prepared(x)
+    assert {"running_mean", "running_var", "min_val", "max_val"} <= moved(before)
+
+    _qat_train_mode(prepared, bn_frozen=True, observers_frozen=True)
+    before = stats()
+    out = prepared(x * 3 + 1)
+    assert moved(before) == set()
+    assert prepared.training and torch.isfinite(out).all()
