@@ -92,6 +92,13 @@ def summarize(result: dict) -> dict:
         for rt, e in row["latency"].items():
             kinds = e["by_kind"].values()
             e["predicted_speedup_layers"] = round(sum(k["ms"] for k in kinds) / max(1e-9, sum(k["ms_pruned"] for k in kinds)), 3)
+            # A narrower layer cannot be slower: where the table says so, a load spike hit its points,
+            # and a negative remainder means the table was timed under more load than the whole model.
+            suspect = [f"{n}: {k['ms']} -> {k['ms_pruned']} ms" for n, k in e["by_kind"].items() if k["speedup"] < 1.0]
+            suspect += [f"{r['layer']}: {r['ms']} -> {r['ms_pruned']} ms" for r in e["slowest_pruned_layers"]
+                        if r["ms_pruned"] > r["ms"] * 1.05]
+            if suspect or e["remainder_ms"] < 0:
+                e["table_suspect"] = {"remainder_ms": e["remainder_ms"], "slower_when_narrower": suspect}
             goal.append({"model": row["model"], "runtime": rt, "macs_ratio": row["macs_ratio"],
                          "measured_speedup": e["speedup"], "speedup_over_macs_ratio": e["speedup_over_macs_ratio"],
                          "met_0.8": e["speedup_over_macs_ratio"] >= 0.8,
