@@ -59,6 +59,7 @@ def render_markdown(report: dict[str, Any], gates: list[dict[str, Any]] | None =
     lines += _table(["stage", "kind", "test top-1 %", "MACs", "params", "seconds"],
                     [[s["name"], s.get("kind") or DASH, fmt((s.get("accuracy") or {}).get("top1")), si(s.get("macs")),
                       si(s.get("params")), fmt(s.get("seconds"), 1)] for s in report.get("stages") or []])
+    lines += _finetune_comparison(report.get("stages") or [])
     arts = report.get("artifacts") or []
     if arts:
         lines += ["", "## Artifacts", ""]
@@ -99,6 +100,24 @@ def render_markdown(report: dict[str, Any], gates: list[dict[str, Any]] | None =
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines.append("")
     return "\n".join(lines)
+
+
+def _finetune_comparison(stages: list[dict[str, Any]]) -> list[str]:
+    """A prune stage's distillation vs plain fine-tune figures (compare_plain_finetune), same model and epochs."""
+    out = []
+    for s in stages:
+        m = s.get("metrics") or {}
+        if m.get("top1_after_plain_finetune") is None:
+            continue
+        split = m.get("eval_split") or "val"
+        row = [[s["name"], split, fmt(m.get("top1_after_distill_finetune")), fmt(m.get("top1_after_plain_finetune"))]]
+        if m.get("test_top1_after_plain_finetune") is not None:
+            row.append([s["name"], "test", fmt(m.get("test_top1_after_distill_finetune")),
+                        fmt(m.get("test_top1_after_plain_finetune"))])
+        out += ["", "## Fine-tune after pruning: distillation vs plain", "",
+                "The same pruned model, the same epochs and learning-rate schedule; top-1 %.", ""]
+        out += _table(["stage", "split", "distillation", "plain cross-entropy"], row)
+    return out
 
 
 def _gates(gates: list[dict[str, Any]]) -> list[str]:
