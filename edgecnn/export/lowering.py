@@ -292,7 +292,10 @@ def _global_pool(model, result: LoweringResult) -> None:
             continue
         if any(a < 0 for a in axes) and not _rank4(model, node.input[0]):
             continue
-        new = onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output), name=node.name + "_gap")
+        # Written artifacts carry no node names (export/onnx.finalize_proto), so name by the output,
+        # which is unique in a valid graph.
+        new = onnx.helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output),
+                                    name=f"{node.name or node.output[0]}_gap")
         idx = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         model.graph.node.insert(idx, new)

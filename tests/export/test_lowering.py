@@ -128,6 +128,23 @@ def test_global_pool(x):
     assert compare(model.SerializeToString(), res.proto.SerializeToString(), x)["max_abs_diff"] < 1e-6
 
 
+def test_global_pool_on_unnamed_nodes(x):
+    """Written artifacts have no node names; two pools (as in squeeze-excitation nets) must stay valid."""
+    model = make_model()
+    mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    twin = helper.make_node("ReduceMean", ["r3", "axes"], ["y2"], keepdims=1)
+    model.graph.node.append(twin)
+    model.graph.node.append(helper.make_node("Add", ["y", "y2"], ["y_sum"]))
+    model.graph.output[0].name = "y_sum"
+    for n in model.graph.node:
+        n.name = ""
+    res = lower_qdq(model, LoweringConfig(uint8_activations=False, fold_activation=False, global_pool=True))
+    assert res.changes["global_pool"] == 2 and mean.op_type == "ReduceMean"
+    names = [n.name for n in res.proto.graph.node if n.op_type == "GlobalAveragePool"]
+    assert len(set(names)) == 2
+    assert compare(model.SerializeToString(), res.proto.SerializeToString(), x)["max_abs_diff"] < 1e-6
+
+
 def test_unknown_preset_names_choices():
     with pytest.raises(Exception, match="onnxruntime"):
         preset("onnxrutime")
