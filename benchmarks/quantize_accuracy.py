@@ -130,7 +130,7 @@ def main() -> None:
                     torch.save(model.state_dict(), tmp)
         model.cpu().eval()
         row["float_test"] = evaluate(model, data, "test")
-        ptq = quantize(model, QuantizeConfig(), data, seed=args.seed)
+        ptq = quantize(model, QuantizeConfig(bias_correction=False), data, seed=args.seed)
         row["ptq"] = summary(ptq)
         if not args.no_bias_correction:
             ptq_bc = quantize(model, QuantizeConfig(bias_correction=True), data, seed=args.seed)

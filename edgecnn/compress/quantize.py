@@ -91,7 +91,8 @@ class QuantizeConfig:
     calibration_samples: int = 256          # images that set activation ranges (PTQ; QAT initial ranges)
     calibration: str | None = None          # manifest under calibration/ (or a path); null: data's calibration split
     calibration_batch_size: int = 32        # images per calibration forward pass
-    bias_correction: bool = False           # PTQ: subtract each conv/linear's mean output shift due to int8 weights
+    bias_correction: bool | None = None     # PTQ: subtract each conv/linear's mean output shift due to int8
+    # weights; null: on for PTQ (as in NNCF), off for QAT (which trains the bias)
     train: TrainConfig = field(default_factory=_qat_train_defaults)   # QAT fine-tuning (epochs, lr, ...)
     distill_from_float: bool = True         # QAT: add a KL loss towards the float model's logits
     distill_weight: float = 0.5             # QAT: share of the KL term in the loss, 0..1
@@ -122,6 +123,10 @@ class QuantizeConfig:
                   "update every step: use moving_average (the default) or minmax, or mode: ptq")
             check(not self.bias_correction, "bias_correction",
                   "applies to PTQ only (QAT trains the bias with the weights): set it to false")
+
+    @property
+    def resolved_bias_correction(self) -> bool:
+        return self.mode == "ptq" if self.bias_correction is None else self.bias_correction
 
     @property
     def resolved_observer(self) -> str:
@@ -431,7 +436,7 @@ def _ptq(graph: torch.fx.GraphModule, cfg: QuantizeConfig, batches: list[torch.T
         for x in batches:
             prepared(x)
     timings["calibrate"] = timings.get("calibrate", 0) + time.perf_counter() - t
-    if cfg.bias_correction:
+    if cfg.resolved_bias_correction:
         t = time.perf_counter()
         names = _bias_correct(prepared, batches)
         if bias_corrected is not None:

@@ -63,6 +63,15 @@ def test_per_tensor_with_bias_correction(trained, digits):
     assert res.accuracy_drop <= 3.0
 
 
+def test_bias_correction_is_on_for_ptq_by_default_and_off_for_qat(trained, digits):
+    default = quantize(trained, QuantizeConfig(**FAST), digits)
+    assert default.bias_corrected, "PTQ should bias-correct by default"
+    off = quantize(trained, QuantizeConfig(bias_correction=False, **FAST), digits)
+    assert off.bias_corrected == []
+    assert QuantizeConfig(mode="qat").resolved_bias_correction is False
+    assert from_dict(QuantizeConfig, {"mode": "qat", "bias_correction": None}, "quantize").resolved_bias_correction is False
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(RecipeError, match="observer.*moving_average"):
         from_dict(QuantizeConfig, {"mode": "qat", "observer": "histogram"}, "quantize")
