@@ -46,6 +46,7 @@ from torch import nn
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.io import write_json
+from edgecnn.models import observing
 from edgecnn.registry import Registry
 
 __all__ = ["LayerSpec", "LatencyTable", "LatencyPlan", "TIMERS", "model_layers", "channel_groups",
@@ -137,15 +138,8 @@ def model_layers(model: nn.Module, example: torch.Tensor) -> dict[str, LayerSpec
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(hook(name)))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with observing(model, handles):
+        model(example)
     return specs
 
 

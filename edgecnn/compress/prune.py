@@ -28,7 +28,7 @@ from torch import nn
 from edgecnn.config import check, to_dict
 from edgecnn.data import DataBundle
 from edgecnn.errors import EdgecnnError, RecipeError, did_you_mean
-from edgecnn.models import classifier_name, count_macs, count_params
+from edgecnn.models import classifier_name, count_macs, count_params, observing
 from edgecnn.registry import Registry
 from edgecnn.train import FitHooks, TrainConfig, evaluate, fit
 
@@ -252,15 +252,8 @@ def find_channel_permutations(model: nn.Module, example: torch.Tensor) -> list[t
                         found.append((where, op))
             return out
 
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), Watch():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+    with observing(model, handles), Watch():
+        model(example)
     return found
 
 

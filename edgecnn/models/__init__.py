@@ -6,10 +6,11 @@ A model source string is one of:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -150,15 +151,26 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def observing(model: nn.Module, hooks: Iterable[Any] = ()) -> Iterator[None]:
+    """Eval mode and no grad for forward passes that only look at `model`; on the way out, even
+    after an error, the hook handles in `hooks` are removed and the model's train/eval mode is
+    restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch.utils.flop_counter FLOPs / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, *input_shape)
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
+    with observing(model), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_shape))
     return counter.get_total_flops() // 2

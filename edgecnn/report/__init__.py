@@ -45,17 +45,20 @@ def _cpu_count() -> int:
 def _stage_entry(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     m = entry.get("metrics") or {}
     test = m.get("test") if isinstance(m.get("test"), dict) else {}
-    # Headline accuracy: a stage's own test evaluation, else what compress stages report after their pass.
-    top1 = test.get("top1")
+    # Headline accuracy: a stage's own test evaluation, else what compress stages report after their
+    # pass, with the split it was measured on (prune and distill evaluate on their `eval_split`).
+    top1, split = test.get("top1"), "test"
     if top1 is None:
-        for k in ("top1_after", "int8_top1", "top1_int8", "quantized_top1", "top1"):
+        split = None
+        for k in ("top1_after", "int8_top1", "top1"):
             if isinstance(m.get(k), (int, float)):
                 top1 = m[k]
+                split = "test" if k == "int8_top1" else m.get("eval_split")
                 break
     return {
         "name": name, "kind": entry.get("kind"), "seconds": entry.get("seconds"), "finished": entry.get("finished"),
         "config": entry.get("config"),
-        "accuracy": {"top1": top1, "top5": test.get("top5"), "loss": test.get("loss"), "n": test.get("n")},
+        "accuracy": {"top1": top1, "split": split if top1 is not None else None, "top5": test.get("top5"), "loss": test.get("loss"), "n": test.get("n")},
         "macs": m.get("macs", m.get("macs_after")), "params": m.get("params", m.get("params_after")),
         "metrics": {k: v for k, v in m.items() if k not in _LIFTED},
         "outputs": [{"key": k, **v} for k, v in (entry.get("outputs") or {}).items()

@@ -59,9 +59,9 @@ def _img(uri: str | None, alt: str, cls: str = "") -> str:
 def _section_stages(report: dict[str, Any]) -> str:
     stages = report.get("stages") or []
     out = ["<h2>Stages</h2>", _table(
-        ["stage", "kind", "test top-1 %", "top-5 %", "MACs", "params", "seconds"],
+        ["stage", "kind", "top-1 %", "split", "top-5 %", "MACs", "params", "seconds"],
         [[s["name"], s.get("kind") or DASH, fmt((s.get("accuracy") or {}).get("top1")),
-          fmt((s.get("accuracy") or {}).get("top5")), si(s.get("macs")), si(s.get("params")),
+          (s.get("accuracy") or {}).get("split") or DASH, fmt((s.get("accuracy") or {}).get("top5")), si(s.get("macs")), si(s.get("params")),
           fmt(s.get("seconds"), 1)] for s in stages], left=2)]
     for s in stages:
         scalars = _flatten(s.get("metrics") or {})

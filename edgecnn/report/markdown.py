@@ -56,8 +56,9 @@ def render_markdown(report: dict[str, Any], gates: list[dict[str, Any]] | None =
     if gates:
         lines += _gates(gates)
     lines += ["## Stages", ""]
-    lines += _table(["stage", "kind", "test top-1 %", "MACs", "params", "seconds"],
-                    [[s["name"], s.get("kind") or DASH, fmt((s.get("accuracy") or {}).get("top1")), si(s.get("macs")),
+    lines += _table(["stage", "kind", "top-1 %", "split", "MACs", "params", "seconds"],
+                    [[s["name"], s.get("kind") or DASH, fmt((s.get("accuracy") or {}).get("top1")),
+                      (s.get("accuracy") or {}).get("split") or DASH, si(s.get("macs")),
                       si(s.get("params")), fmt(s.get("seconds"), 1)] for s in report.get("stages") or []])
     lines += _finetune_comparison(report.get("stages") or [])
     arts = report.get("artifacts") or []

@@ -121,7 +121,7 @@ def make_run(run_dir: Path, seed: int = 0) -> dict:
                       "metrics": {"method": "structured", "macs_before": 2_466_000, "macs_after": 1_210_000,
                                   "macs_ratio": 2.038, "params_before": 102_730, "params_after": 51_200,
                                   "top1_before": 96.9, "top1_pruned": 88.1, "top1_after": 96.5,
-                                  "eval_split": "test", "finetune_with": "distill"}},
+                                  "eval_split": "val", "finetune_with": "distill"}},
             "quantize": {"kind": "quantize", "status": "done", "config": {"mode": "ptq"}, "seconds": 5.1,
                          "metrics": {"test": {"top1": 96.0, "top5": 99.7, "loss": 0.12, "n": 500},
                                      "float_top1": 96.5, "int8_top1": 96.0, "float_layers": ["classifier.2"]}},

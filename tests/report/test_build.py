@@ -25,6 +25,10 @@ def test_stages_carry_accuracy_macs_params_time(fake_report):
     # compress stages report after-values under their own names
     assert st["prune"]["macs"] == 1_210_000 and st["prune"]["params"] == 51_200
     assert st["prune"]["accuracy"]["top1"] == 96.5
+    # ... and each headline top-1 says which split it was measured on: prune evaluates on its eval_split
+    assert st["prune"]["accuracy"]["split"] == "val"
+    assert st["train"]["accuracy"]["split"] == "test" and st["quantize"]["accuracy"]["split"] == "test"
+    assert st["export"]["accuracy"]["top1"] is None and st["export"]["accuracy"]["split"] is None
     assert st["prune"]["sensitivity"]["ratios"] == [0.1, 0.3, 0.5, 0.7]
     # artifacts and measurements live in their own sections, not repeated under the stage
     assert "artifacts" not in st["export"]["metrics"] and "measurements" not in st["verify"]["metrics"]

@@ -12,6 +12,7 @@ def test_markdown_tables_and_size(fake_report):
     assert "## Stages" in md and "## Artifacts" in md and "## Measurements" in md
     assert "| model_int8_openvino.xml | local-cpu | openvino | 96.00 |" in md
     assert "★" in md and "## Cross-runtime consistency" in md
+    assert "| prune | prune | 96.50 | val |" in md and "| quantize | quantize | 96.00 | test |" in md
     assert "model_int8_tflite.tflite" in md.split("## Cross-runtime consistency")[1]
     assert len(md.encode()) < 64 * 1024   # a CI job summary, not a dump
     assert "data:image" not in md
