@@ -288,7 +288,7 @@ def _ov_conv_fields(compiled) -> dict[str, dict]:
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
         lt = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        if lt != "Convolution":
+        if lt not in ("Convolution", "GroupConvolution"):
             continue
         try:
             o = list(op.get_output_partial_shape(0).to_shape())
@@ -352,7 +352,7 @@ def profile_pair(files: dict[str, dict[str, str]], fk: str, rt: str, precision: 
 
 
 def is_conv(node: dict) -> bool:
-    return node["op"] in CONV_TYPES_ORT or node["op"] == "Convolution"
+    return node["op"] in CONV_TYPES_ORT or node["op"] in ("Convolution", "GroupConvolution")
 
 
 def conv_kind(node: dict) -> str:
@@ -590,6 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from edgecnn.io import write_json, write_text
 
     t0 = time.time()
+    git_at_start = git()
     env = {"load_average_at_start": loadavg(), "scheduling": scheduling(), "onnxruntime": ort.__version__,
            "openvino": ov.get_version(), "torch": torch.__version__, "python": platform.python_version(),
            "cpu_count": os.cpu_count()}
@@ -622,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = {"benchmark": "prune_profile",
            "command": "PYTHONPATH=. python benchmarks/prune_profile.py " + " ".join(
                argv if argv is not None else sys.argv[1:]),
-           "git": git(), "env": env, "runs": args.runs, "warmup": args.warmup, "block": args.block,
+           "git": git_at_start, "env": env, "runs": args.runs, "warmup": args.warmup, "block": args.block,
            "profile_runs": args.profile_runs, "ratio": args.ratio, "size": args.size,
            "seconds": round(time.time() - t0), "models": models}
     write_json(args.out, res)
