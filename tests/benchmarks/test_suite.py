@@ -83,6 +83,25 @@ def test_summarize_compares_and_marks_peer_wins():
     assert "| resnet18 | edgecnn int8 IR within 1.05x of NNCF" in md
 
 
+def test_pruning_goal_names_openvino_default_precision():
+    """An 'fp32' OpenVINO row that ran bf16 (the CPU default on CPUs with bf16 units) says so in the goal:
+    its pruned/unpruned speedup is not the f32 one (benchmarks/results/prune_profile.md)."""
+    r = rows()
+    for x in r:
+        if x.key in ("ov/fp32", "ov/pruned-edgecnn"):
+            x.config["kernels"] = {"Convolution:bf16": 20, "Pooling:bf16": 1}
+    info = suite.summarize(r, {})
+    res = {"latency_224": {"resnet18": {**info, "rows": [x.to_dict() for x in r]}}}
+    g = next(g for g in bench_run.goals(res) if g["edgecnn"] == "ov/pruned-edgecnn")
+    assert g["executed_precision"] == "bf16" and "bf16 (CPU default precision)" in g["figure"]
+    assert bench_run.executed_conv_precision({"config": {"kernels": {"Convolution:f32": 3}}}) == "f32"
+    assert bench_run.executed_conv_precision({"config": {}}) is None
+    r[-2].config["kernels"] = {"Convolution:f32": 20}      # ran f32: nothing added
+    res = {"latency_224": {"resnet18": {**suite.summarize(r, {}), "rows": [x.to_dict() for x in r]}}}
+    g = next(g for g in bench_run.goals(res) if g["edgecnn"] == "ov/pruned-edgecnn")
+    assert "executed_precision" not in g
+
+
 def test_latency_interleaves_and_records_failures():
     calls = []
 
