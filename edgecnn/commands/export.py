@@ -60,7 +60,9 @@ def export(checkpoint: Path = typer.Argument(..., help="Float checkpoint (.pt, a
         mcfg = dataclasses.replace(r.model, checkpoint=str(checkpoint), allow_pickle=allow_pickle)
         float_model = build_model(mcfg, data.num_classes, data.input_shape[0]).eval()
     if "int8" in cfg.precisions:
-        from edgecnn.compress import quantize as q
+        import importlib
+
+        q = importlib.import_module("edgecnn.compress.quantize")   # edgecnn.compress.quantize is also a function
 
         if quantized is not None:
             qmodel = q.load_quantized(quantized)
