@@ -144,12 +144,8 @@ def check(model: str = typer.Argument(..., help="Model source (bn_cnn, torchvisi
         if len(shape) != 3:
             raise EdgecnnError(f"--input-shape: '{input_shape}' is not C,H,W (e.g. 3,224,224).")
     else:
-        c = r.data.channels or 1
-        s = r.data.image_size or 28
-        shape = (c, s, s)
-        if r.data.channels is None or r.data.image_size is None:
-            from edgecnn.data import load_data
-            shape = load_data(r.data, r.seed).input_shape
+        from edgecnn.data import input_shape_of
+        shape = input_shape_of(r.data, r.seed)
     classes = num_classes or 10
     if Path(model).suffix in (".pt", ".pth") and Path(model).exists():
         mcfg = dataclasses.replace(r.model, checkpoint=model)
