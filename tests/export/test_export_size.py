@@ -231,3 +231,27 @@ def test_compact_xml_leaves_a_document_it_would_change_as_it_is():
     assert compact_xml('<a>\n  <b k="v" />\n</a>') == '<a><b k="v"/></a>'
     changes_text = '<a>\n  <b>say "  /> here</b>\n</a>'   # '>' and '"' may stand unescaped in text
     assert compact_xml(changes_text) == changes_text
+
+
+@pytest.mark.slow   # the default recipe up to export: ~2 min on 2 quiet cores
+def test_default_recipe_int8_files_are_at_most_30_percent_where_reachable(tmp_path):
+    """Whole files, as the issue counts them: ONNX and TFLite int8 at most 30% of fp32. The IR's .xml
+    describes every layer in text, more than this 40k-parameter model's int8 weights
+    (docs/architecture.md), so there the .bin is held to 30% and the whole IR to what pass 2 gave."""
+    from edgecnn.export import Artifact
+    from edgecnn.pipeline import Pipeline
+    from edgecnn.recipe import load_recipe
+
+    Pipeline(load_recipe(None), tmp_path / "run").run(until="export")
+    out = tmp_path / "run" / "export"
+    arts = {(a.format, a.precision): a for a in map(Artifact.load, sorted(out.glob("*.json")))}
+    assert len(arts) == 6
+    ratio = {f: arts[(f, "int8")].size_bytes / arts[(f, "fp32")].size_bytes for f in ("onnx", "tflite", "openvino")}
+    assert ratio["onnx"] <= 0.30 and ratio["tflite"] <= 0.30, ratio
+    assert ratio["openvino"] <= 0.47, ratio
+    bins = {p: (out / f"model_{p}.bin").stat().st_size for p in ("fp32", "int8")}
+    assert bins["int8"] <= 0.30 * bins["fp32"], bins
+    xml = (out / "model_int8.xml").read_text()
+    assert "\n\t" not in xml and "Runtime_version" not in xml
+    for a in arts.values():
+        assert a.verification["passed"] and a.verification["top1_agreement"] >= 0.98
