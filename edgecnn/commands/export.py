@@ -60,7 +60,9 @@ def export(checkpoint: Path = typer.Argument(..., help="Float checkpoint (.pt, a
         mcfg = dataclasses.replace(r.model, checkpoint=str(checkpoint), allow_pickle=allow_pickle)
         float_model = build_model(mcfg, data.num_classes, data.input_shape[0]).eval()
     if "int8" in cfg.precisions:
-        from edgecnn.compress import quantize as q
+        import importlib
+
+        q = importlib.import_module("edgecnn.compress.quantize")   # edgecnn.compress.quantize is also a function
 
         if quantized is not None:
             qmodel = q.load_quantized(quantized)
@@ -142,12 +144,8 @@ def check(model: str = typer.Argument(..., help="Model source (bn_cnn, torchvisi
         if len(shape) != 3:
             raise EdgecnnError(f"--input-shape: '{input_shape}' is not C,H,W (e.g. 3,224,224).")
     else:
-        c = r.data.channels or 1
-        s = r.data.image_size or 28
-        shape = (c, s, s)
-        if r.data.channels is None or r.data.image_size is None:
-            from edgecnn.data import load_data
-            shape = load_data(r.data, r.seed).input_shape
+        from edgecnn.data import input_shape_of
+        shape = input_shape_of(r.data, r.seed)
     classes = num_classes or 10
     if Path(model).suffix in (".pt", ".pth") and Path(model).exists():
         mcfg = dataclasses.replace(r.model, checkpoint=model)

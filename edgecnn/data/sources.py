@@ -40,6 +40,9 @@ def mnist5k(arg: str | None, options: dict[str, Any]) -> RawData:
                    [str(i) for i in range(10)], (28, 28), 1, (0.1307,), (0.3081,))
 
 
+mnist5k.native_shape = (1, 28, 28)   # (channels, H, W) of every image: input_shape_of needs no loading
+
+
 @DATA_SOURCES.register("digits")
 def digits(arg: str | None, options: dict[str, Any]) -> RawData:
     """scikit-learn's 1,797 handwritten digits, 8x8, values 0..16 scaled to 0..255."""
@@ -48,6 +51,9 @@ def digits(arg: str | None, options: dict[str, Any]) -> RawData:
     d = load_digits()
     images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     return RawData(images, d.target.astype(np.int64), [str(i) for i in range(10)], (8, 8), 1)
+
+
+digits.native_shape = (1, 8, 8)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

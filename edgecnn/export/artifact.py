@@ -1,8 +1,8 @@
 """Artifact: an exported, verified file and the contract that tells any app how to feed it.
 
 The contract is stored twice: in a JSON sidecar beside the main file (`model_int8.onnx.json`) and,
-where the format allows, inside the file (ONNX metadata_props / OpenVINO rt_info key
-`edgecnn_contract`; TFLite: sidecar only). Sidecar keys (schema edgecnn.artifact/1):
+inside the file (ONNX metadata_props / OpenVINO rt_info / TFLite model metadata, key
+`edgecnn_contract`, as compact JSON). Sidecar keys (schema edgecnn.artifact/1):
 
     format, precision, file, files {name: {sha256, bytes}}, sha256 (of `file`),
     input  {name, shape (null = any size), layout, dtype, quantization {scale, zero_point, dtype} | null

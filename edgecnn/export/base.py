@@ -122,6 +122,14 @@ def versions(*modules: str) -> dict[str, str]:
     return out
 
 
+def contract_json(contract: dict[str, Any]) -> str:
+    """The contract as embedded in a file: JSON without optional spaces, keys sorted (equal contracts give
+    equal bytes). Any JSON reader takes it; the sidecar stays indented for people."""
+    import json
+
+    return json.dumps(contract, sort_keys=True, separators=(",", ":"))
+
+
 # --------------------------------------------------------------------------- operator errors
 
 _OP_PATTERNS = [

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edgecnn.export.base import EXPORTERS, FormatSpec, Job, Written, versions
+from edgecnn.export.base import EXPORTERS, FormatSpec, Job, Written, contract_json, versions
 
 DEFAULT_OPSET = 18   # supported by ONNX Runtime >= 1.14, OpenVINO >= 2023.0 and TensorRT 8.6+
 METADATA_KEY = "edgecnn_contract"
@@ -95,7 +95,7 @@ def finalize_proto(proto, contract: dict[str, Any]):
     for init in proto.graph.initializer:
         del init.metadata_props[:]
     del proto.metadata_props[:]
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(contract, sort_keys=True))
+    proto.metadata_props.add(key=METADATA_KEY, value=contract_json(contract))
     proto.producer_name = "edgecnn"
     proto.doc_string = f"edgecnn {contract.get('precision')} classifier"
     return proto

@@ -6,15 +6,16 @@ same graph compiled (docs ARCHITECTURE "Seen on this machine"). QDQ pairs become
 which the CPU plugin runs as int8. fp16: fp32 graph with weights compressed to float16
 (`compress_to_fp16`), computed at the device's precision. When the ONNX step fails (an operator
 ONNX cannot express), the float model goes through OpenVINO's own PyTorch frontend instead.
-The contract is embedded as rt_info key `edgecnn_contract` (JSON).
+The contract is embedded as rt_info key `edgecnn_contract` (JSON). The .xml is written without
+indentation (`compact_xml`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from edgecnn.export.base import EXPORTERS, FormatSpec, Job, Written, versions
+from edgecnn.export.base import EXPORTERS, FormatSpec, Job, Written, contract_json, versions
+from edgecnn.io import write_text
 
 METADATA_KEY = "edgecnn_contract"
 
@@ -76,6 +77,35 @@ def share_constants(model) -> int:
     return moved
 
 
+def compact_xml(text: str) -> str:
+    """The IR's .xml without the serializer's indentation: the same XML document (same elements,
+    attributes and values; only whitespace between tags and before '/>' goes).
+
+    `save_model` indents every element on its own line, a sixth of a small int8 IR's .xml.
+    A literal '<' or '"' cannot occur inside an attribute value (they are escaped), so '>' + blanks +
+    '<' lies between elements and '"' + blanks + '/>' ends a tag. The result is parsed back and
+    compared element by element; on any difference the text is returned as it was.
+    """
+    import re
+
+    out = re.sub(r'"[ \t]+/>', '"/>', re.sub(r">\s+<", "><", text))
+    return out if _same_xml(text, out) else text
+
+
+def _same_xml(a: str, b: str) -> bool:
+    import xml.etree.ElementTree as ET
+
+    def same(x, y) -> bool:   # blank-only text is dropped by OpenVINO's parser (pugixml's default) too
+        return (x.tag == y.tag and x.attrib == y.attrib and (x.text or "").strip() == (y.text or "").strip()
+                and (x.tail or "").strip() == (y.tail or "").strip()
+                and len(x) == len(y) and all(same(c, d) for c, d in zip(x, y)))
+
+    try:
+        return same(ET.fromstring(a.encode()), ET.fromstring(b.encode()))
+    except ET.ParseError:
+        return False
+
+
 def _write(job: Job) -> Written:
     import openvino as ov
 
@@ -84,6 +114,8 @@ def _write(job: Job) -> Written:
     rt = model.get_rt_info()
     if "conversion_parameters" in rt:   # the scratch path of the intermediate ONNX file: nothing to keep
         del rt["conversion_parameters"]
+    if "Runtime_version" in rt:   # the same version string save_model writes as <info name="OpenVINO Runtime">
+        del rt["Runtime_version"]
     inp, out = model.inputs[0], model.outputs[0]
     model.inputs[0].get_tensor().set_names({"input"})
     model.outputs[0].get_tensor().set_names({"logits"})
@@ -97,9 +129,10 @@ def _write(job: Job) -> Written:
                           "dynamic_batch": shape[0] is None,
                           "compress_to_fp16": job.precision == "fp16"}}
     contract = {**job.contract, **added}
-    model.set_rt_info(json.dumps(contract, sort_keys=True), [METADATA_KEY])
+    model.set_rt_info(contract_json(contract), [METADATA_KEY])
     main = job.staging / f"{job.stem}.xml"
     ov.save_model(model, str(main), compress_to_fp16=job.precision == "fp16")
+    write_text(main, compact_xml(main.read_text(encoding="utf-8")))
     return Written(main, [main, main.with_suffix(".bin")], added)
 
 

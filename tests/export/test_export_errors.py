@@ -68,3 +68,20 @@ def test_config_validation_names_the_key():
         from_dict(ExportConfig, {"verify_sample": 3}, key="export")
     assert ExportConfig().formats == ["onnx", "openvino", "tflite"]
     assert ExportConfig().precisions == ["fp32", "int8"]
+
+
+def test_cli_exports_int8_from_a_quantized_program(tmp_path, data):
+    """`edgecnn export q.pt2 -p int8`: the quantized program is loaded with edgecnn.compress.quantize's
+    loader (the package also exports a function named `quantize`, which once shadowed the module)."""
+    from edgecnn.cli import main
+    from edgecnn.compress.quantize import QuantizeConfig, quantize, save_quantized
+    from edgecnn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(source="bn_cnn", options={"width": 8}), data.num_classes, 1).eval()
+    q = quantize(net, QuantizeConfig(calibration_samples=64, bias_correction=False), data).model
+    program = save_quantized(tmp_path / "q.pt2", q, data.example_input(2))
+    out = tmp_path / "out"
+    rc = main(["export", str(program), "-p", "int8", "-f", "onnx", "-o", str(out), "--verify-samples", "16"])
+    assert rc == 0
+    assert (out / "model_int8.onnx").is_file() and (out / "model_int8.onnx.json").is_file()

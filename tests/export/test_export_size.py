@@ -107,3 +107,151 @@ def test_onnx_and_openvino_share_one_torch_export(monkeypatch):
     report = check_model(net, (1, 8, 8), ["onnx", "openvino"])
     assert report.ok, report.summary()
     assert len(calls) == 1
+
+
+def _tiny_int8_tflite() -> bytes:
+    """QUANTIZE -> ADD (int8 constant) -> DEQUANTIZE, packed as the converter leaves it: one empty buffer
+    per activation, every quantization vector written on its own."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    def q(scale):
+        p = fb.QuantizationParametersT()
+        p.scale, p.zeroPoint = [scale], [0]
+        return p
+
+    def tensor(name, ttype, buffer, quant=None):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer, t.quantization = name.encode(), [1, 4], ttype, buffer, quant
+        return t
+
+    m = fb.ModelT()
+    m.version, m.description = 3, "test"
+    codes = []
+    for op in (fb.BuiltinOperator.QUANTIZE, fb.BuiltinOperator.ADD, fb.BuiltinOperator.DEQUANTIZE):
+        c = fb.OperatorCodeT()
+        c.builtinCode, c.deprecatedBuiltinCode, c.version = op, min(op, 127), 1
+        codes.append(c)
+    m.operatorCodes = codes
+    m.buffers = [fb.BufferT() for _ in range(6)]
+    m.buffers[3].data = list(np.array([1, -2, 3, 40], np.int8).view(np.uint8))
+    sg = fb.SubGraphT()
+    sg.tensors = [tensor("x", fb.TensorType.FLOAT32, 1), tensor("xq", fb.TensorType.INT8, 2, q(0.05)),
+                  tensor("c", fb.TensorType.INT8, 3, q(0.05)), tensor("yq", fb.TensorType.INT8, 4, q(0.1)),
+                  tensor("y", fb.TensorType.FLOAT32, 5)]
+    ops = []
+    for code, ins, outs in ((0, [0], [1]), (1, [1, 2], [3]), (2, [3], [4])):
+        op = fb.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = code, ins, outs
+        if code == 1:
+            op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.AddOptions, fb.AddOptionsT()
+        ops.append(op)
+    sg.operators, sg.inputs, sg.outputs = ops, [0], [4]
+    m.subgraphs = [sg]
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def _tflite_run(buf: bytes, x: np.ndarray, xnnpack: bool) -> np.ndarray:
+    from ai_edge_litert import interpreter as lite
+
+    it = lite.Interpreter(model_content=buf, experimental_op_resolver_type=(
+        lite.OpResolverType.AUTO if xnnpack else lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"]).copy()
+
+
+def test_tflite_written_compactly_computes_the_same(tmp_path):
+    """embed_metadata: data-less tensors share buffer 0, equal quantization vectors are stored once,
+    the contract is readable back, and the interpreter computes the same values."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    from edgecnn.export.base import contract_json
+    from edgecnn.export.tflite import embed_metadata, read_metadata
+
+    before = _tiny_int8_tflite()
+    contract = {"class_names": ["a", "b"], "precision": "int8"}
+    after = embed_metadata(before, "edgecnn_contract", contract_json(contract).encode())
+    path = tmp_path / "m.tflite"
+    path.write_bytes(after)
+    assert read_metadata(path) == contract
+
+    m = fb.Model.GetRootAs(after, 0)
+    sg = m.Subgraphs(0)
+    assert m.BuffersLength() == 3                     # the empty one, the constant, the contract
+    assert [sg.Tensors(i).Buffer() for i in range(5)] == [0, 0, 1, 0, 0]
+    assert m.Buffers(1).DataAsNumpy().view(np.int8).tolist() == [1, -2, 3, 40]
+
+    def where(i: int, field: int) -> int:            # file position of a quantization vector
+        tab = sg.Tensors(i).Quantization()._tab
+        return tab.Vector(tab.Offset(field))
+
+    scale, zero_point = 8, 10                         # vtable offsets of QuantizationParameters.scale / zero_point
+    assert where(1, zero_point) == where(2, zero_point) == where(3, zero_point)
+    assert where(1, scale) == where(2, scale) != where(3, scale)
+    assert sg.Tensors(3).Quantization().ScaleAsNumpy().tolist() == [np.float32(0.1)]
+
+    x = np.array([[0.3, -1.0, 2.0, 0.01]], np.float32)
+    for xnnpack in (True, False):
+        np.testing.assert_array_equal(_tflite_run(after, x, xnnpack), _tflite_run(before, x, xnnpack))
+
+
+def test_openvino_xml_without_indentation_loads_and_computes_the_same(tmp_path):
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from edgecnn.export.openvino import compact_xml
+
+    p = ops.parameter([1, 4], np.float32, name="x")
+    y = ops.relu(ops.add(p, ops.constant(np.array([[1, -2, 3, -4]], np.float32))))
+    model = ov.Model([y], [p])
+    tricky = json.dumps({"class_names": ["a /> <b>", 'say "hi"\n  <', "  "]}, separators=(",", ":"))
+    model.set_rt_info(tricky, ["edgecnn_contract"])
+    ov.save_model(model, str(tmp_path / "a.xml"))
+    text = (tmp_path / "a.xml").read_text()
+    small = compact_xml(text)
+    assert "\n\t" in text and "\n" not in small.split("?>", 1)[1].strip() and '" />' not in small
+    assert len(small) < len(text) and "\t" not in small
+    (tmp_path / "b.xml").write_text(small)
+    (tmp_path / "b.bin").write_bytes((tmp_path / "a.bin").read_bytes())
+    core = ov.Core()
+    back = core.read_model(str(tmp_path / "b.xml"))
+    assert back.get_rt_info(["edgecnn_contract"]).astype(str) == tricky
+    x = np.array([[0.5, 1.0, -7.0, 9.0]], np.float32)
+    np.testing.assert_array_equal(core.compile_model(back, "CPU")(x)[0],
+                                  core.compile_model(str(tmp_path / "a.xml"), "CPU")(x)[0])
+
+
+def test_compact_xml_leaves_a_document_it_would_change_as_it_is():
+    from edgecnn.export.openvino import compact_xml
+
+    assert compact_xml('<a>\n  <b k="v" />\n</a>') == '<a><b k="v"/></a>'
+    changes_text = '<a>\n  <b>say "  /> here</b>\n</a>'   # '>' and '"' may stand unescaped in text
+    assert compact_xml(changes_text) == changes_text
+
+
+@pytest.mark.slow   # the default recipe up to export: ~2 min on 2 quiet cores
+def test_default_recipe_int8_files_are_at_most_30_percent_where_reachable(tmp_path):
+    """Whole files, as the issue counts them: ONNX and TFLite int8 at most 30% of fp32. The IR's .xml
+    describes every layer in text, more than this 40k-parameter model's int8 weights
+    (docs/architecture.md), so there the .bin is held to 30% and the whole IR to what pass 2 gave."""
+    from edgecnn.export import Artifact
+    from edgecnn.pipeline import Pipeline
+    from edgecnn.recipe import load_recipe
+
+    Pipeline(load_recipe(None), tmp_path / "run").run(until="export")
+    out = tmp_path / "run" / "export"
+    arts = {(a.format, a.precision): a for a in map(Artifact.load, sorted(out.glob("*.json")))}
+    assert len(arts) == 6
+    ratio = {f: arts[(f, "int8")].size_bytes / arts[(f, "fp32")].size_bytes for f in ("onnx", "tflite", "openvino")}
+    assert ratio["onnx"] <= 0.30 and ratio["tflite"] <= 0.30, ratio
+    assert ratio["openvino"] <= 0.47, ratio
+    bins = {p: (out / f"model_{p}.bin").stat().st_size for p in ("fp32", "int8")}
+    assert bins["int8"] <= 0.30 * bins["fp32"], bins
+    xml = (out / "model_int8.xml").read_text()
+    assert "\n\t" not in xml and "Runtime_version" not in xml
+    for a in arts.values():
+        assert a.verification["passed"] and a.verification["top1_agreement"] >= 0.98
