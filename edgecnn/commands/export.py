@@ -125,7 +125,8 @@ def check(model: str = typer.Argument(..., help="Model source (bn_cnn, torchvisi
                                             help="Formats to try; repeat or comma-separate."),
           input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W (default: the recipe "
                                                     "data's)."),
-          num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Default: the recipe data's."),
+          num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classifier outputs (default 10; which operators convert does not depend on it, but a "
+                                                "checkpoint's classifier must match)."),
           recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe (default: built-in)."),
           as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
     """Pre-flight: convert a batch-1 copy of the model to each format and load it in its runtime."""
