@@ -9,8 +9,9 @@ images. Rows:
 
 - edgecnn PTQ with `QuantizeConfig` defaults except the field a row names; `clamped_outputs=False`
   is the annotation before the fix (litert's: conv output observed before ReLU6);
-- its exports: QDQ ONNX lowered for 'onnxruntime' (ExportConfig default) in ONNX Runtime, and the
-  'openvino'-lowered IR in OpenVINO at its default precision (bf16 on CPUs with AVX512-BF16) and at f32;
+- its exports: QDQ ONNX lowered for 'onnxruntime' (ExportConfig default) in ONNX Runtime; the
+  'openvino'-lowered IR in OpenVINO at its default precision (bf16 on CPUs with AVX512-BF16) and at
+  f32; the unlowered IR (ExportConfig's default openvino_lowering: null) at the default precision;
 - peers on the fp32 ONNX, same calibration images: NNCF preset performance, ORT QDQ u8u8 MinMax per-channel.
 
     PYTHONPATH=. python benchmarks/quantize_224.py --save-model /tmp/mnv2_224.pt \
@@ -132,11 +133,14 @@ def edgecnn_rows(name: str, model, data, cfg_fields: dict, x, y, ref, work: Path
     raw = suite.export_onnx(qm, example, work / f"{name}.onnx", "int8")
     ort_path, _ = suite.lowered_onnx(raw, work / f"{name}_onnxruntime.onnx", "onnxruntime")
     out["onnxruntime"] = top1_agree(run_file(ort_path, "onnxruntime", x.numpy()), y, ref)
+    xml_raw = suite.onnx_to_ir(raw, work / f"{name}.xml")   # ExportConfig's default IR: no lowering
+    out["openvino_ir_unlowered"] = top1_agree(run_file(xml_raw, "openvino", x.numpy()), y, ref)
     ov_onnx, _ = suite.lowered_onnx(raw, work / f"{name}_openvino.onnx", "openvino")
     xml = suite.onnx_to_ir(ov_onnx, work / f"{name}_openvino.xml")
     out["openvino_ir"] = top1_agree(run_file(xml, "openvino", x.numpy()), y, ref)
     out["openvino_ir_f32"] = top1_agree(run_file(xml, "openvino", x.numpy(), inference_precision="f32"), y, ref)
-    log(f"  {name}: ORT {out['onnxruntime']}, IR {out['openvino_ir']}, IR f32 {out['openvino_ir_f32']}")
+    log(f"  {name}: ORT {out['onnxruntime']}, IR {out['openvino_ir']}, IR f32 {out['openvino_ir_f32']}, "
+        f"IR unlowered {out['openvino_ir_unlowered']}")
     return out
 
 
@@ -197,10 +201,12 @@ def markdown(res: dict) -> str:
              f"{res['test_images']} test images (agreement % with the float model's top-1 in brackets). "
              f"Float: {res['float']['top1']:.2f}.", "",
              "| edgecnn PTQ | fake-quant | ONNX Runtime (lowering 'onnxruntime') | OpenVINO IR (lowering 'openvino') "
-             "| OpenVINO IR, f32 inference precision |", "|---|---|---|---|---|"]
+             "| same IR, f32 inference precision | OpenVINO IR, no lowering (ExportConfig default) |",
+             "|---|---|---|---|---|---|"]
     for name, r in res["edgecnn"].items():
         lines.append(f"| {name} {r['config']} | {cell(r['fake_quant'])} | {cell(r.get('onnxruntime'))} | "
-                     f"{cell(r.get('openvino_ir'))} | {cell(r.get('openvino_ir_f32'))} |")
+                     f"{cell(r.get('openvino_ir'))} | {cell(r.get('openvino_ir_f32'))} | "
+                     f"{cell(r.get('openvino_ir_unlowered'))} |")
     lines += ["", "int8 ranges chosen for the ReLU6 outputs (min..max of their lower and upper ends, median "
               "width / 6) and for the global pool's output (the classifier input):", ""]
     for name, r in res["edgecnn"].items():
