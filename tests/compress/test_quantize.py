@@ -365,3 +365,27 @@ def test_relu6_output_is_observed_after_the_clamp():
     assert out[False][0] is not None and out[False][0][0] > 4 * scale, out   # the old range was far wider
     assert err < 0.75 * out[False][1], out                                     # and the output error larger
     assert QuantizeConfig().clamped_outputs is True
+
+
+@pytest.mark.parametrize("source", ["bn_cnn", "torchvision:resnet18",
+                                    pytest.param("torchvision:mobilenet_v3_small", marks=pytest.mark.slow),
+                                    pytest.param("torchvision:efficientnet_b0", marks=pytest.mark.slow),
+                                    pytest.param("torchvision:mobilenet_v2", marks=pytest.mark.slow)])
+def test_clamped_outputs_changes_only_graphs_with_relu6(source):
+    """Models without conv -> ReLU6 quantize to the same graph and outputs with clamped_outputs on or off."""
+    import importlib
+
+    Q = importlib.import_module("edgecnn.compress.quantize")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(source), 10, 1).eval()
+    x = torch.randn(4, 1, 32, 32)
+    graph = export_graph(model, x)
+    seen = {}
+    for clamped in (True, False):
+        q = Q._ptq(graph, QuantizeConfig(clamped_outputs=clamped, bias_correction=False), [x])
+        ops = [(str(n.target), tuple(getattr(a, "name", a) for a in n.args if isinstance(a, torch.fx.Node)))
+               for n in q.graph.nodes]
+        with torch.no_grad():
+            seen[clamped] = (ops, q(x))
+    same = seen[True][0] == seen[False][0] and torch.equal(seen[True][1], seen[False][1])
+    assert same == (source != "torchvision:mobilenet_v2")
