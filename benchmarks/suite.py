@@ -283,6 +283,9 @@ def adapt_224(model, data, cfg: SuiteConfig, log, label: str, measure: bool = Fa
 
     m = copy.deepcopy(model).cpu().eval()
     torch.set_num_threads(all_threads())
+    # Dropout in the fine-tune draws from torch's global RNG: seed it here, or the adapted weights
+    # depend on everything the process ran before (the models before this one, --models, --quick).
+    torch.manual_seed(cfg.seed + 3)
     bn_batches = max(1, cfg.adapt_bn_images // 32)
     info: dict[str, Any] = {"bn_images": bn_batches * 32, "steps": cfg.adapt_steps, "batch": 32, "lr": cfg.adapt_lr}
     t0 = time.perf_counter()

@@ -197,6 +197,15 @@ def test_adapt_224_fine_tunes_a_copy_and_reports_cost():
     assert info["epoch_seconds_estimate"] is not None and info["steps_per_epoch"] == data.num_batches("train", 32)
     assert 0 <= info["val_top1_after"] <= 100 and not adapted.training
 
+    # Dropout draws from torch's global RNG; the adapted weights must not depend on its state.
+    drop = torch.nn.Sequential(*model[:5], torch.nn.Dropout(0.5), model[5]).eval()
+    torch.manual_seed(1)
+    a, _ = suite.adapt_224(drop, data, cfg, print, "tiny")
+    torch.rand(7)
+    torch.manual_seed(2)
+    b, _ = suite.adapt_224(drop, data, cfg, print, "tiny")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
     cfg0 = suite.SuiteConfig(adapt_bn_images=32, adapt_steps=0)                # statistics only
     adapted0, info0 = suite.adapt_224(model, data, cfg0, print, "tiny")
     assert torch.equal(adapted0[0].weight, model[0].weight) and info0["epoch_seconds_estimate"] is None
