@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgecnn.compress.calibration import load_calibration, read_manifest
 from edgecnn.compress.quantize import (ACTIVATION_OBSERVERS, QuantizeConfig, load_quantized, quantizable_layers,
@@ -389,3 +390,72 @@ def test_clamped_outputs_changes_only_graphs_with_relu6(source):
             seen[clamped] = (ops, q(x))
     same = seen[True][0] == seen[False][0] and torch.equal(seen[True][1], seen[False][1])
     assert same == (source != "torchvision:mobilenet_v2")
+
+
+class _SqueezeExcite(nn.Module):
+    """The mobilenet_v3 pieces whose int8 rounding runtimes disagreed on: hardswish, a squeeze-excitation
+    gate (average pool, 1x1 convs, hardsigmoid, mul) and a global average pool before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Hardswish())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 16, 1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        gate = nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(self.pool(x)))))
+        return self.head(x * gate)
+
+
+@pytest.fixture(scope="module")
+def se_quantized(digits):
+    torch.manual_seed(0)
+    return quantize(_SqueezeExcite().eval(), QuantizeConfig(**FAST), digits).model
+
+
+def test_average_pools_get_their_own_output_qparams(se_quantized):
+    """A pool whose output shares its input's qparams puts exact means on rounding ties (k + 1/2 steps)."""
+    pools = [n for n in se_quantized.graph.nodes if n.op == "call_function"
+             and n.target == torch.ops.aten.adaptive_avg_pool2d.default]
+    assert len(pools) == 2
+    for p in pools:
+        dq_in, (q_out,) = p.args[0], list(p.users)
+        assert "dequantize_per_tensor" in str(dq_in.target) and "quantize_per_tensor" in str(q_out.target)
+        assert tuple(dq_in.args[1:3]) != tuple(q_out.args[1:3]), p.name
+
+
+def test_int8_layer_biases_lie_on_the_int32_grid(se_quantized):
+    from edgecnn.compress.quantize import _get_attr
+
+    checked = 0
+    for n in se_quantized.graph.nodes:
+        if n.op == "call_function" and n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+            x, w, b = n.args[:3]
+            s_w = w.args[1]
+            s_w = _get_attr(se_quantized, s_w.target) if isinstance(s_w, torch.fx.Node) else torch.tensor(s_w)
+            k = _get_attr(se_quantized, b.target).double() / (torch.tensor(float(x.args[1])) * s_w.float()).double()
+            assert torch.allclose(k, k.round(), atol=1e-3), n.name
+            checked += 1
+    assert checked == 4
+
+
+@pytest.mark.parametrize("optimize", [False, True], ids=["qdq-literal", "fused-int8-kernels"])
+def test_onnxruntime_computes_what_the_fake_quant_graph_computes(se_quantized, digits, tmp_path, optimize):
+    """Not a single int8 logit one step off, either running the QDQ graph literally or with ORT's integer
+    kernels (QLinearConv, QLinearMul, QGemm). Pools sharing their input's qparams (rounding ties) put logits
+    a step off in both modes; a float bias that QLinearConv rounds to int32 did in the fused one."""
+    from edgecnn.export.lowering import ort_session
+
+    x, _ = digits.tensors("test")
+    with torch.no_grad():
+        ref = se_quantized(x).numpy()
+    path = tmp_path / "se.onnx"
+    torch.onnx.export(se_quantized, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
+                      ).save(str(path))
+    step = [n for n in se_quantized.graph.nodes if "quantize_per_tensor" in str(n.target)][-1].args[1]
+    sess = ort_session(path, optimize=optimize)
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    off = int((np.abs(out - ref) > step / 2).sum())
+    assert off == 0, f"{off} of {out.size} logits differ by a quantization step"

@@ -46,11 +46,15 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
     return {"model": name, "rows": rows, "failed": list(arts.skipped), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-# A known gap, kept visible: once mobilenet_v3_small trains properly (batch-norm statistics
-# recalibrated in fit), its int8 artifacts agree with the PT2E fake-quant graph on only 92-95% of
-# images in all three runtimes (hardswish / squeeze-excitation). Strict: this fails loudly when fixed.
-MV3_GAP = pytest.mark.xfail(strict=True, reason="mobilenet_v3_small int8: runtimes agree with the fake-quant "
-                                                "graph on 92-95% of images (hardswish/SE), under the 98% bound")
+# A known gap, kept visible. ONNX Runtime now agrees with the PT2E fake-quant graph (average pools
+# with their own output qparams, biases on the int32 grid: edgecnn/compress/quantize.py), but this
+# barely trained mobilenet_v3_small (40 steps; many images have tied or near-tied int8 logits) amplifies
+# the last-bit float differences of OpenVINO and the fixed-point int8 kernels of LiteRT through its
+# squeeze-excitation gates: both agree on about 95.5% of images (benchmarks/results/mv3_int8_agreement.md).
+# Strict: this fails loudly when fixed.
+MV3_GAP = pytest.mark.xfail(strict=True, reason="mobilenet_v3_small int8: OpenVINO and LiteRT agree with the "
+                                                "fake-quant graph on ~95.5% of images, under the 98% bound "
+                                                "(ONNX Runtime passes)")
 
 
 @pytest.mark.slow
