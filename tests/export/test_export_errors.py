@@ -85,3 +85,21 @@ def test_cli_exports_int8_from_a_quantized_program(tmp_path, data):
     rc = main(["export", str(program), "-p", "int8", "-f", "onnx", "-o", str(out), "--verify-samples", "16"])
     assert rc == 0
     assert (out / "model_int8.onnx").is_file() and (out / "model_int8.onnx.json").is_file()
+
+
+def test_top1_agreement_counts_exact_ties_as_ties():
+    """An int8 reference with two exactly tied top logits has no single top-1: the artifact agrees
+    when it picks either tied class, and disagrees when it picks a third; strict argmax is kept."""
+    import numpy as np
+
+    from edgecnn.export.verify import compare
+
+    ref = np.array([[1.0, 3.0, 3.0], [2.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 1.0, 2.0]], np.float32)
+    out = np.array([[1.0, 2.9, 3.1], [2.0, 1.0, 0.0], [0.1, 0.2, 0.3], [0.0, 2.0, 2.0]], np.float32)
+    r = compare(out, ref)
+    # row 0: tie 1/2 in ref, out picks 2 -> agrees; row 1: plain agreement; row 2: out picks 2,
+    # outside ref's tie {0, 1} -> disagrees; row 3: out ties 1/2, ref's top-1 (2) among them -> agrees
+    assert r["top1_agreement"] == 0.75 and r["top1_agreement_strict"] == 0.25
+    assert r["reference_top1_ties"] == 2
+    fp = np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)   # no ties: plain argmax equality
+    assert compare(fp[::-1].copy(), fp)["top1_agreement"] == 0.0 and compare(fp, fp)["top1_agreement"] == 1.0
