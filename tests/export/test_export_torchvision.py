@@ -1,7 +1,7 @@
 """torchvision architectures through every format x fp32/int8, each verified (slow).
 
 Also a script that prints the figures (sizes, agreement) as JSON:
-    PYTHONPATH=. python tests/export/test_export_torchvision.py [resnet18 ...] > figures.json
+    PYTHONPATH=. python tests/export/test_export_torchvision.py [resnet18 mobilenet_v2:pruned ...] > figures.json
 
 Weights are random (nothing is downloaded), trained for a few steps on the synthetic shapes at
 64x64 so the logits are not all ties (agreement on untrained, tied logits says little).
@@ -19,7 +19,10 @@ import pytest
 MODELS = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0"]
 
 
-def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples: int = 200) -> dict:
+def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples: int = 200,
+                       pruned: bool = False) -> dict:
+    """`pruned`: half the channels removed (edgecnn's prune, L1, round_to 8) and `steps` // 2 steps of
+    plain fine-tuning before quantization and export."""
     import torch
 
     from edgecnn.data import DataConfig, load_data
@@ -36,6 +39,13 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
     model = build_model(ModelConfig(source=f"torchvision:{name}"), data.num_classes, 3)
     fit(model, data, TrainConfig(epochs=1, max_steps=steps, batch_size=32, augment=False), seed=0)
     model.eval()
+    if pruned:
+        from edgecnn.compress import PruneConfig, prune
+
+        model = prune(model, PruneConfig(ratio=0.5, finetune_epochs=1, finetune_with="plain",
+                                         train=TrainConfig(lr=1e-3, warmup_epochs=0.0, max_steps=steps // 2,
+                                                           batch_size=32, augment=False)),
+                      data, seed=0).model.eval()
     q = quantize(model, QuantizeConfig(calibration_samples=128), data).model   # the pipeline's own PTQ
     cfg = ExportConfig(formats=EXPORTERS.names(), precisions=["fp32", "int8"], verify_samples=verify_samples,
                        skip_unsupported=True)
@@ -46,7 +56,7 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
              "reference_top1_ties": a.verification.get("reference_top1_ties"),
              "max_abs_diff": a.verification["max_abs_diff"],
              "export_seconds": a.verification.get("export_seconds")} for a in arts]
-    return {"model": name, "rows": rows, "failed": list(arts.skipped), "seconds": round(time.perf_counter() - t0, 1)}
+    return {"model": name, "pruned": pruned, "rows": rows, "failed": list(arts.skipped), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # mobilenet_v3_small (40 training steps here) has many images whose int8 logits tie exactly at the
@@ -54,21 +64,22 @@ def export_torchvision(name: str, out_dir: Path, steps: int = 40, verify_samples
 # and ONNX Runtime computes the fake-quant graph's logits exactly since average pools own their
 # output qparams and biases sit on the int32 grid (edgecnn/compress/quantize.py).
 @pytest.mark.slow
+@pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned"])
 @pytest.mark.parametrize("name", MODELS)
-def test_torchvision_all_formats(name, tmp_path):
-    result = export_torchvision(name, tmp_path)
+def test_torchvision_all_formats(name, pruned, tmp_path):
+    result = export_torchvision(name, tmp_path, pruned=pruned)
     failed = [f"{f['format']} {f['precision']}: {f['reason']}" for f in result["failed"]]
     assert not failed, "\n".join(failed)
     assert len(result["rows"]) == 6
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or MODELS
+    names = sys.argv[1:] or MODELS   # NAME or NAME:pruned
     out = []
     for n in names:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                out.append(export_torchvision(n, Path(tmp)))
+                out.append(export_torchvision(n.split(":")[0], Path(tmp), pruned=n.endswith(":pruned")))
             except Exception as e:   # noqa: BLE001  (a script that reports every model's outcome)
                 out.append({"model": n, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps(out[-1]), flush=True)
