@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,26 +59,7 @@ def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def scheduling() -> dict[str, Any]:
-    out: dict[str, Any] = {"nice": os.nice(0)}
-    for key, path in (("sched_autogroup_enabled", "/proc/sys/kernel/sched_autogroup_enabled"),
-                      ("autogroup", "/proc/self/autogroup")):
-        try:
-            out[key] = Path(path).read_text().strip()
-        except OSError:
-            pass
-    return out
-
-
-def git() -> dict[str, Any]:
-    def g(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": g("rev-parse", "HEAD").strip(),
-            "dirty_files": [ln[3:] for ln in g("status", "--porcelain").splitlines()
-                            if ln.strip() and not ln.startswith("??")][:50]}
+from run import git, scheduling  # noqa: E402  (benchmarks/run.py: the suite's own records)
 
 
 # --------------------------------------------------------------------------- artifacts
