@@ -27,7 +27,6 @@ Writes --out (JSON) and the Markdown beside it, atomically. Time the run in a ra
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

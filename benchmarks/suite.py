@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import os
 import statistics
-import tempfile
 import time
 import traceback
 import warnings
