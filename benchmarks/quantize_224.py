@@ -1,22 +1,27 @@
-"""edgecnn int8 PTQ on the suite's 224-px mobilenet_v2: fake-quant, ONNX Runtime and OpenVINO
-artifacts, against NNCF and ORT quantize_static, before and after the ReLU6 annotation fix.
+"""edgecnn int8 PTQ on the suite's 224-px mobilenet_v2 or resnet18: fake-quant, ONNX Runtime and
+OpenVINO artifacts, against NNCF and ORT quantize_static, before and after an annotation fix.
 
-The model is the one `benchmarks/run.py` measures in its 224 mode: torchvision mobilenet_v2 trained
-on mnist5k at 32 px x 3 channels (`suite.train`, SuiteConfig defaults), adapted to 224 px with
+The model is one `benchmarks/run.py` measures in its 224 mode: torchvision mobilenet_v2 (or
+resnet18, `--model`) trained on mnist5k at 32 px x 3 channels (`suite.train`, SuiteConfig defaults), adapted to 224 px with
 `suite.adapt_224`; calibration: the first 128 images of the data's calibration split (what
 `suite.quantize_edgecnn(model, data, 128)` and the peers use); scored on the first `--test` test
 images. Rows:
 
-- edgecnn PTQ with `QuantizeConfig` defaults except the field a row names; `clamped_outputs=False`
-  is the annotation before the fix (litert's: conv output observed before ReLU6);
-- its exports: QDQ ONNX lowered for 'onnxruntime' (ExportConfig default) in ONNX Runtime; the
+- edgecnn PTQ with `QuantizeConfig` defaults except the field a row names (`--fix`): with
+  `--fix relu6` (default) the row before is `clamped_outputs=False` (litert's annotation: conv
+  output observed before ReLU6); with `--fix adds` it is `int8_adds=False` (adds left float);
+- its exports: QDQ ONNX lowered for 'onnxruntime' (ExportConfig default) and for
+  'onnxruntime-integer' (the suite's fastest) in ONNX Runtime; the
   'openvino'-lowered IR in OpenVINO at its default precision (bf16 on CPUs with AVX512-BF16) and at
   f32; the unlowered IR (ExportConfig's default openvino_lowering: null) at the default precision;
-- peers on the fp32 ONNX, same calibration images: NNCF preset performance, ORT QDQ u8u8 MinMax per-channel.
+- peers on the fp32 ONNX, same calibration images: NNCF presets performance and mixed, ORT QDQ u8u8
+  MinMax per-channel and ORT QOperator u8s8 reduce_range (the suite's most accurate ORT row at 224).
 
     PYTHONPATH=. python benchmarks/quantize_224.py --save-model /tmp/mnv2_224.pt \
         --out benchmarks/results/quantize_224.json
     PYTHONPATH=. python benchmarks/quantize_224.py --load-model /tmp/mnv2_224.pt ...   # skip training
+    PYTHONPATH=. python benchmarks/quantize_224.py --model resnet18 --fix adds --test 1000 \
+        --out benchmarks/results/quantize_224_adds_resnet18.json
 
 Training (32 px) + adapting takes minutes on 2 cores; each PTQ about a minute.
 """
@@ -41,6 +46,7 @@ import suite  # noqa: E402
 from suite import SuiteConfig  # noqa: E402
 
 CAL = 128
+FIXES = {"relu6": {"clamped_outputs": False}, "adds": {"int8_adds": False}}
 
 
 def log(msg: str) -> None:
@@ -58,13 +64,13 @@ def build_model(args, cfg: SuiteConfig, data224):
     from edgecnn.io import atomic_path
     from edgecnn.models import ModelConfig, build_model as build
 
-    model = build(ModelConfig(source="torchvision:mobilenet_v2"), data224.num_classes, 3)
+    model = build(ModelConfig(source=f"torchvision:{args.model}"), data224.num_classes, 3)
     if args.load_model:
         model.load_state_dict(torch.load(args.load_model, map_location="cpu", weights_only=True))
         return model.eval(), {"loaded": str(args.load_model)}
     t = time.perf_counter()
-    trained = suite.train("mobilenet_v2", load_data(cfg.size, cfg), cfg, log)
-    model, info = suite.adapt_224(trained, data224, cfg, log, "mobilenet_v2", measure=True)
+    trained = suite.train(args.model, load_data(cfg.size, cfg), cfg, log)
+    model, info = suite.adapt_224(trained, data224, cfg, log, args.model, measure=True)
     info["train_and_adapt_seconds"] = round(time.perf_counter() - t, 1)
     if args.save_model:
         with atomic_path(Path(args.save_model), suffix=".pt") as tmp:
@@ -132,19 +138,25 @@ def edgecnn_rows(name: str, model, data, cfg_fields: dict, x, y, ref, work: Path
     raw = suite.export_onnx(qm, example, work / f"{name}.onnx", "int8")
     ort_path, _ = suite.lowered_onnx(raw, work / f"{name}_onnxruntime.onnx", "onnxruntime")
     out["onnxruntime"] = top1_agree(run_file(ort_path, "onnxruntime", x.numpy()), y, ref)
+    ort_int, passes = suite.lowered_onnx(raw, work / f"{name}_onnxruntime_integer.onnx", "onnxruntime-integer")
+    out["onnxruntime_integer"] = top1_agree(run_file(ort_int, "onnxruntime", x.numpy()), y, ref)
+    out["onnxruntime_integer_passes"] = passes
     xml_raw = suite.onnx_to_ir(raw, work / f"{name}.xml")   # ExportConfig's default IR: no lowering
     out["openvino_ir_unlowered"] = top1_agree(run_file(xml_raw, "openvino", x.numpy()), y, ref)
     ov_onnx, _ = suite.lowered_onnx(raw, work / f"{name}_openvino.onnx", "openvino")
     xml = suite.onnx_to_ir(ov_onnx, work / f"{name}_openvino.xml")
     out["openvino_ir"] = top1_agree(run_file(xml, "openvino", x.numpy()), y, ref)
     out["openvino_ir_f32"] = top1_agree(run_file(xml, "openvino", x.numpy(), inference_precision="f32"), y, ref)
-    log(f"  {name}: ORT {out['onnxruntime']}, IR {out['openvino_ir']}, IR f32 {out['openvino_ir_f32']}, "
+    log(f"  {name}: ORT {out['onnxruntime']}, ORT integer {out['onnxruntime_integer']}, IR {out['openvino_ir']}, IR f32 {out['openvino_ir_f32']}, "
         f"IR unlowered {out['openvino_ir_unlowered']}")
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("mobilenet_v2", "resnet18"), default="mobilenet_v2")
+    ap.add_argument("--fix", choices=tuple(FIXES), default="relu6",
+                    help="the annotation fix compared: its row before is the default with it turned off")
     ap.add_argument("--load-model", help="state_dict of the adapted 224-px model (written by --save-model)")
     ap.add_argument("--save-model", help="write the adapted model's state_dict here")
     ap.add_argument("--test", type=int, default=300, help="test images scored (default 300, the suite's 224 limit)")
@@ -162,15 +174,16 @@ def main() -> None:
     xt, yt = data.tensors("test", args.test)
     x, y = xt, yt.numpy()
     ref = run_torch(model, x)
-    res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "model": "torchvision mobilenet_v2, suite 224 mode",
+    res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "model": f"torchvision {args.model}, suite 224 mode",
            "model_info": model_info, "calibration_images": CAL, "test_images": len(y),
            "float": top1_agree(ref, y, ref), "edgecnn": {}, "peers": {}}
     log(f"float top-1 {res['float']['top1']}% on {len(y)} test images")
     with tempfile.TemporaryDirectory(prefix="q224_") as tmp:
         work = Path(tmp)
-        rows = [("before_fix", {"clamped_outputs": False}, True), ("default", {}, True)]
+        before = FIXES[args.fix]
+        rows = [("before_fix", before, True), ("default", {}, True)]
         if args.variants:
-            rows += [("before_fix_no_bias_correction", {"clamped_outputs": False, "bias_correction": False}, False),
+            rows += [("before_fix_no_bias_correction", {**before, "bias_correction": False}, False),
                      ("default_no_bias_correction", {"bias_correction": False}, False),
                      ("default_minmax", {"observer": "minmax"}, False)]
         for name, fields, artifacts in rows:
@@ -180,8 +193,12 @@ def main() -> None:
             x_cal = data.tensors("calibration", CAL)[0].numpy()
             xml = suite.nncf_quantize(fp32, x_cal, work / "nncf_performance.xml", "performance")
             res["peers"]["nncf_performance"] = top1_agree(run_file(xml, "openvino", x.numpy()), y, ref)
+            xml = suite.nncf_quantize(fp32, x_cal, work / "nncf_mixed.xml", "mixed")
+            res["peers"]["nncf_mixed"] = top1_agree(run_file(xml, "openvino", x.numpy()), y, ref)
             p = suite.ort_quantize_static(fp32, x_cal, work, ("QDQ", "u8", "u8", False))
             res["peers"]["ort_qdq_u8u8_minmax"] = top1_agree(run_file(p, "onnxruntime", x.numpy()), y, ref)
+            p = suite.ort_quantize_static(fp32, x_cal, work, ("QOperator", "u8", "s8", True))
+            res["peers"]["ort_qoperator_u8s8_reduce_range"] = top1_agree(run_file(p, "onnxruntime", x.numpy()), y, ref)
             log(f"  peers: {res['peers']}")
     res["seconds"] = round(time.perf_counter() - t0, 1)
     from edgecnn.io import atomic_path, write_json
@@ -199,15 +216,22 @@ def markdown(res: dict) -> str:
              f"{res['model']}; {res['calibration_images']} calibration images; top-1 % on the first "
              f"{res['test_images']} test images (agreement % with the float model's top-1 in brackets). "
              f"Float: {res['float']['top1']:.2f}.", "",
-             "| edgecnn PTQ | fake-quant | ONNX Runtime (lowering 'onnxruntime') | OpenVINO IR (lowering 'openvino') "
+             "| edgecnn PTQ | fake-quant | ONNX Runtime (lowering 'onnxruntime') | ONNX Runtime (lowering "
+             "'onnxruntime-integer') | OpenVINO IR (lowering 'openvino') "
              "| same IR, f32 inference precision | OpenVINO IR, no lowering (ExportConfig default) |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for name, r in res["edgecnn"].items():
         lines.append(f"| {name} {r['config']} | {cell(r['fake_quant'])} | {cell(r.get('onnxruntime'))} | "
+                     f"{cell(r.get('onnxruntime_integer'))} | "
                      f"{cell(r.get('openvino_ir'))} | {cell(r.get('openvino_ir_f32'))} | "
                      f"{cell(r.get('openvino_ir_unlowered'))} |")
-    lines += ["", "int8 ranges chosen for the ReLU6 outputs (min..max of their lower and upper ends, median "
-              "width / 6) and for the global pool's output (the classifier input):", ""]
+    lines += ["", "Lowering passes of the 'onnxruntime-integer' ONNX (a pass marked inexact changes results):", ""]
+    lines += [f"- {name}: passes changed {r['onnxruntime_integer_passes']['changes']}, exact: "
+              f"{r['onnxruntime_integer_passes']['exact']}" for name, r in res["edgecnn"].items()
+              if r.get("onnxruntime_integer_passes")]
+    if any(r.get("clamp_ranges") for r in res["edgecnn"].values()):
+        lines += ["", "int8 ranges chosen for the ReLU6 outputs (min..max of their lower and upper ends, median "
+                  "width / 6) and for the global pool's output (the classifier input):", ""]
     for name, r in res["edgecnn"].items():
         c = r.get("clamp_ranges") or {}
         if c:

@@ -19,7 +19,7 @@ activations, patterns Inductor fuses) and gives graphs the litert converter does
 XNNPACK quantizer left torchao for ExecuTorch. Asymmetric int8 activations can still run on
 ONNX Runtime's fast u8s8 kernels: zero point z in int8 is z + 128 in uint8, same numbers.
 
-Three gaps in that quantizer are filled here, in `EdgeQuantizer`: its `set_module_name` refuses a
+Four gaps in that quantizer are filled here, in `EdgeQuantizer`: its `set_module_name` refuses a
 `None` config (so a layer cannot be kept float), and its module-name filter parses
 `nn_module_stack` keys in a format torch 2.14's export no longer writes. We keep layers float by
 filtering nodes on the module path that export records (`nn_module_stack` values). And it fuses
@@ -32,7 +32,12 @@ after the clamp; the clamp then folds into the int8 conv (ONNX: Conv -> Clip -> 
 the Clip dropped by the 'onnxruntime' lowering). On that model, top-1 on 300 test images before ->
 after: fake-quant 68.33 -> 69.67, ONNX Runtime 62.00 -> 69.33, OpenVINO IR 63.00 -> 69.00, float
 70.33 (benchmarks/results/quantize_224.md; docs/architecture.md). QAT graphs hold BN between conv
-and clamp when they are annotated; they keep litert's annotation.
+and clamp when they are annotated; they keep litert's annotation. Last, its add and add+ReLU
+annotators find adds through `source_fn_stack` node metadata, which torch 2.14's export no longer
+writes, so no tensor add was annotated: every residual add stayed float, and where an add read
+another add's output (MobileNetV2) or a ResNet block's ReLU output, that read had no quantizer at
+all. OpenVINO ran those adds in bf16 and the ONNX lowering had to requantize them inexactly.
+`QuantizeConfig.int8_adds` (default true) annotates them (`_annotate_adds`).
 
 Activation observers (`QuantizeConfig.observer`; weights are always min/max, symmetric, which is
 what every runtime's own int8 weight quantizer does):
@@ -65,7 +70,8 @@ import dataclasses
 import time
 import zipfile
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+import io
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +121,8 @@ class QuantizeConfig:
     float_layers: list[str] = field(default_factory=list)   # module names always kept float (e.g. 'classifier.2')
     clamped_outputs: bool = True            # conv/linear + ReLU6: observe after the clamp (false: litert's
     # annotation, which observes the conv output before it)
+    int8_adds: bool = True                  # tensor adds (residuals, + ReLU) as int8 ops; false: left float,
+    # as litert's annotator leaves them under torch >= 2.9's export (see _annotate_adds)
 
     def __post_init__(self):
         check(self.calibration_samples >= 1, "calibration_samples", f"{self.calibration_samples} must be >= 1")
@@ -292,11 +300,12 @@ def make_quantizer(cfg: QuantizeConfig, float_layers: Iterable[str] = ()):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
 
     class EdgeQuantizer(PT2EQuantizer):
-        def __init__(self, config, keep_float: tuple[str, ...], clamped_outputs: bool):
+        def __init__(self, config, keep_float: tuple[str, ...], clamped_outputs: bool, int8_adds: bool):
             super().__init__()
             self.set_global(config)
             self.keep_float = keep_float
             self.clamped_outputs = clamped_outputs
+            self.int8_adds = int8_adds
 
         def _annotate_for_static_quantization_config(self, model):
             keep = self.keep_float
@@ -306,7 +315,11 @@ def make_quantizer(cfg: QuantizeConfig, float_layers: Iterable[str] = ()):
 
             if self.clamped_outputs:
                 _annotate_clamped_outputs(model, self.global_config, filter_fn)
-            with _litert_pattern_fix():
+            if self.int8_adds:
+                _annotate_adds(model, self.global_config, filter_fn)
+            # redirect: litert's add_relu annotator prints "Relu partition has more than one output
+            # node" for every ReLU read twice (each ResNet block), a condition it only skips
+            with _litert_pattern_fix(), redirect_stdout(io.StringIO()):
                 self._annotate_all_static_patterns(model, self.global_config, filter_fn)
             return model
 
@@ -315,7 +328,7 @@ def make_quantizer(cfg: QuantizeConfig, float_layers: Iterable[str] = ()):
             _own_pool_output_qparams(model, self.global_config)
             return model
 
-    return EdgeQuantizer(quantization_config(cfg), tuple(float_layers), cfg.clamped_outputs)
+    return EdgeQuantizer(quantization_config(cfg), tuple(float_layers), cfg.clamped_outputs, cfg.int8_adds)
 
 
 _HARDTANH = ("aten.hardtanh.default", "aten.hardtanh_.default")
@@ -359,6 +372,56 @@ def _annotate_clamped_outputs(model: torch.fx.GraphModule, qconfig, filter_fn) -
         conv.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=qmap, _annotated=True)
         n.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=get_output_act_qspec(qconfig),
                                                                   _annotated=True)
+        _mark_nodes_as_annotated(partition)
+        done += 1
+    return done
+
+
+_ADDS = ("aten.add.Tensor", "aten.add_.Tensor")
+_RELUS = ("aten.relu.default", "aten.relu_.default")
+
+
+def _is_float_tensor(x: Any) -> bool:
+    val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
+
+
+def _annotate_adds(model: torch.fx.GraphModule, qconfig, filter_fn) -> int:
+    """Annotate tensor + tensor adds (residual connections) as int8 ops, a ReLU that alone follows
+    one fused in (its output observed after the ReLU), as litert's add / add_relu annotators mean to.
+
+    Those annotators find adds through the `source_fn_stack` node metadata, which torch.export no
+    longer records (torch 2.14 records `torch_fn`), so they annotate nothing. An unannotated add is
+    float in the fake-quant graph, and where its input is another add's output (chained residual
+    blocks in MobileNetV2/V3, a block's ReLU output in ResNet's identity path) that edge had no
+    quantizer at all: OpenVINO ran those adds in bf16 and the ONNX Runtime lowering had to insert an
+    inexact requantization. Returns the adds annotated.
+    """
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        _is_annotated, _mark_nodes_as_annotated, get_input_act_qspec, get_output_act_qspec)
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    done = 0
+    for n in model.graph.nodes:
+        if n.op != "call_function" or str(n.target) not in _ADDS:
+            continue
+        inputs = n.args[:2]
+        if not (len(inputs) == 2 and all(_is_float_tensor(a) for a in inputs) and _is_float_tensor(n)):
+            continue
+        users = list(n.users)
+        relu = users[0] if (len(users) == 1 and users[0].op == "call_function"
+                            and str(users[0].target) in _RELUS) else None
+        partition = [n] + ([relu] if relu is not None else [])
+        if _is_annotated(partition) or not all(filter_fn(p) for p in partition):
+            continue
+        qmap = {a: get_input_act_qspec(qconfig) for a in inputs}
+        output = QuantizationAnnotation(output_qspec=get_output_act_qspec(qconfig), _annotated=True)
+        if relu is None:
+            output.input_qspec_map = qmap
+            n.meta["quantization_annotation"] = output
+        else:
+            n.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=qmap, _annotated=True)
+            relu.meta["quantization_annotation"] = output
         _mark_nodes_as_annotated(partition)
         done += 1
     return done

@@ -28,6 +28,7 @@ class ExportConfig:
     #   'onnxruntime' is exact (uint8 activations with zero point + 128, redundant Relu folded); null: as exported
     openvino_lowering: str | None = None   # int8 IR from a lowered ONNX; 'openvino' requantizes float residual
     #   reads so adds fuse into int8 convolutions (not bit-exact: verified against int8_tolerance); null: as exported
+    #   (edgecnn's quantizer writes no float residual reads since QuantizeConfig.int8_adds: nothing left to requantize)
 
     def __post_init__(self):
         from edgecnn.export.base import EXPORTERS

@@ -10,7 +10,7 @@ the form a runtime wants, pass by pass, each pass either exact or opt-in and mea
 | `uint8_activations` | yes | int8 activation with zero point z -> uint8 with z + 128, same scale. ONNX Runtime's x86 int8 GEMM/conv (MLAS) is fast for u8 activations x s8 weights (VPDPBUSD multiplies u8 by s8); s8 activations go through a slower path (docs ARCHITECTURE: resnet18 23.3 ms s8s8 vs 8.4 ms u8s8). Weights stay int8 symmetric. |
 | `fold_activation` | yes | Relu (or Clip) whose only consumer is a QuantizeLinear that clamps at least as hard (Relu: zero point at the type minimum) is dropped: Q(relu(x)) == Q(x) for every x. Leaves DQ -> Conv/Add -> Q, the pattern ORT fuses into QLinearConv/QLinearAdd. |
 | `global_pool` | float-exact | ReduceMean over H, W (keepdims) -> GlobalAveragePool: the same float mean; ORT then fuses DQ -> GlobalAveragePool -> Q into QLinearGlobalAveragePool (integer mean, may round 1 LSB differently: measured, see `compare`). Off unless asked. |
-| `requantize_float_inputs` | no (opt-in) | a float tensor that is quantized for one consumer but read in float by another (PT2E's add+relu leaves the residual branch of the next add float) is read through its Q/DQ by all: each changed read moves by at most scale/2. Lets ORT fuse the next Add. |
+| `requantize_float_inputs` | no (opt-in) | a float tensor that is quantized for one consumer but read in float by another (litert's PT2E annotation under torch 2.14 left every residual add float; edgecnn's quantizer now annotates them, `QuantizeConfig.int8_adds`, so on its graphs this pass finds nothing) is read through its Q/DQ by all: each changed read moves by at most scale/2. Lets ORT fuse the next Add. |
 
     from edgecnn.export.lowering import LoweringConfig, lower_qdq, compare, ort_fused_ops
 
@@ -60,7 +60,8 @@ PRESETS: dict[str, LoweringConfig] = {
     "onnxruntime-integer": LoweringConfig(requantize_float_inputs=True, global_pool=True),
     # OpenVINO runs Q/DQ as FakeQuantize and chooses u8/i8 itself (convolutions are u8 either way);
     # what it cannot do is an Add with a float input: requantizing those reads lets it fuse the Add
-    # into the int8 convolution instead of running it in bf16/f32 with reorders around it. Not exact.
+    # into the int8 convolution instead of running it in bf16/f32 with reorders around it. Not exact
+    # where it changes something; edgecnn's own int8 graphs (QuantizeConfig.int8_adds) have no such read.
     "openvino": LoweringConfig(requantize_float_inputs=True),
 }
 
