@@ -140,13 +140,10 @@ def main() -> None:
         res["models"][name] = one_model(name, loads.get(name), args.runs, args.warmup)
     res["loadavg_end"] = loadavg()
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import atomic_path, write_json
+    from edgecnn.io import write_json, write_text
 
     write_json(Path(args.out), res)
-    md = Path(args.out).with_suffix(".md")
-    with atomic_path(md, suffix=".md") as tmp:
-        tmp.write_text(markdown(res))
-    log(md.read_text())
+    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
 
 
 if __name__ == "__main__":

@@ -163,6 +163,10 @@ def main() -> None:
     ap.add_argument("--no-peers", dest="peers", action="store_false", help="skip NNCF and ORT quantize_static")
     ap.add_argument("--variants", action="store_true",
                     help="also fake-quant rows without bias correction and with the minmax observer")
+    ap.add_argument("--observers", nargs="+", default=[], metavar="NAME",
+                    help="also fake-quant rows with each activation observer (QuantizeConfig.observer)")
+    ap.add_argument("--no-fix-rows", dest="fix_rows", action="store_false",
+                    help="skip the before/after rows of --fix (and their artifacts)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quantize_224.json"))
     args = ap.parse_args()
 
@@ -181,7 +185,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="q224_") as tmp:
         work = Path(tmp)
         before = FIXES[args.fix]
-        rows = [("before_fix", before, True), ("default", {}, True)]
+        rows = [("before_fix", before, True), ("default", {}, True)] if args.fix_rows else []
+        rows += [(f"observer_{o}", {"observer": o}, False) for o in args.observers]
         if args.variants:
             rows += [("before_fix_no_bias_correction", {**before, "bias_correction": False}, False),
                      ("default_no_bias_correction", {"bias_correction": False}, False),
@@ -201,13 +206,10 @@ def main() -> None:
             res["peers"]["ort_qoperator_u8s8_reduce_range"] = top1_agree(run_file(p, "onnxruntime", x.numpy()), y, ref)
             log(f"  peers: {res['peers']}")
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import atomic_path, write_json
+    from edgecnn.io import write_json, write_text
 
     write_json(Path(args.out), res)
-    md = Path(args.out).with_suffix(".md")
-    with atomic_path(md, suffix=".md") as tmp:
-        tmp.write_text(markdown(res))
-    log(md.read_text())
+    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
 
 
 def markdown(res: dict) -> str:

@@ -708,18 +708,20 @@ def _qat(model: nn.Module, cfg: QuantizeConfig, data, batches: list[torch.Tensor
         move_exported_model_to_eval(m)
         m.apply(disable_observer)   # validation images must not move the ranges
 
-    loss = None
+    loss: Callable[..., torch.Tensor] | None = None
     if cfg.distill_from_float and cfg.distill_weight > 0:
         teacher = copy.deepcopy(model).cpu().eval()
         w, temp = cfg.distill_weight, cfg.distill_temperature
         ce = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
 
-        def loss(m, x, y, logits):
+        def distill_loss(m, x, y, logits):
             with torch.no_grad():
                 t_logits = teacher(x)
             kd = F.kl_div(F.log_softmax(logits / temp, 1), F.log_softmax(t_logits / temp, 1),
                           reduction="batchmean", log_target=True) * temp * temp
             return (1 - w) * ce(logits, y) + w * kd
+
+        loss = distill_loss
 
     t = time.perf_counter()
     train_cfg = dataclasses.replace(cfg.train, device="cpu")   # PT2E graphs here are captured on CPU
