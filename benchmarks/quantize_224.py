@@ -159,7 +159,7 @@ def main() -> None:
                     help="the annotation fix compared: its row before is the default with it turned off")
     ap.add_argument("--load-model", help="state_dict of the adapted 224-px model (written by --save-model)")
     ap.add_argument("--save-model", help="write the adapted model's state_dict here")
-    ap.add_argument("--test", type=int, default=300, help="test images scored (default 300, the suite's 224 limit)")
+    ap.add_argument("--test", type=int, default=300, help="test images scored (default 300)")
     ap.add_argument("--no-peers", dest="peers", action="store_false", help="skip NNCF and ORT quantize_static")
     ap.add_argument("--variants", action="store_true",
                     help="also fake-quant rows without bias correction and with the minmax observer")

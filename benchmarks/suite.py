@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -50,7 +51,7 @@ class SuiteConfig:
     calibration: int = 256         # calibration images, the same for edgecnn, ORT and NNCF
     calibration_224: int = 128     # the same at 224 px
     eval_limit: int = 1000         # test images for accuracy/agreement (mnist5k has 1,000)
-    eval_limit_224: int = 300
+    eval_limit_224: int = 1000     # all of mnist5k's test split: 300 images resolve top-1 differences of ~3 pp only
     runs: int = 60                 # timed batch-1 runs per row and thread count (median, p10, p90 reported)
     runs_224: int = 40
     warmup: int = 10
@@ -99,6 +100,8 @@ class Row:
     spread: dict = field(default_factory=dict)     # '1t'/'all' -> {runs, p10, p90} of the timed runs
     screen: dict = field(default_factory=dict)     # ORT screen figures (all configurations)
     seconds: dict = field(default_factory=dict)    # what measuring this row cost: accuracy, open
+    correct: Any = field(default=None, repr=False)  # per test image: top-1 right (bool array; paired comparisons)
+    samples: dict = field(default_factory=dict, repr=False)   # '1t'/'all' -> seconds of each interleaved round
 
     @property
     def size_bytes(self) -> int | None:
@@ -149,7 +152,8 @@ def accuracy(rows: list[Row], x: np.ndarray, y: np.ndarray, ref: np.ndarray, thr
                 run = r.opener(threads)
                 logits = np.concatenate([run(x[i:i + 64]) for i in range(0, len(x), 64)])
                 del run
-            r.top1 = round(100.0 * float((logits.argmax(1) == y).mean()), 2)
+            r.correct = logits.argmax(1) == y
+            r.top1 = round(100.0 * float(r.correct.mean()), 2)
             r.agreement = round(100.0 * float((logits.argmax(1) == ref.argmax(1)).mean()), 2)
         except Exception as e:   # noqa: BLE001  (one row failing is a result, not the end of the suite)
             fail(r, e, log)
@@ -162,9 +166,11 @@ def fail(r: Row, e: BaseException, log: Callable[[str], None]) -> None:
 
 
 def latency(rows: list[Row], x1: np.ndarray, threads: int, runs: int, warmup: int,
-            log: Callable[[str], None], spread: dict[str, dict] | None = None) -> dict[str, float]:
+            log: Callable[[str], None], spread: dict[str, dict] | None = None,
+            samples: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median batch-1 ms of each row, interleaved: every round runs each row once, order rotating.
-    `spread`, when given, receives key -> {runs, p10, p90} (ms)."""
+    `spread`, when given, receives key -> {runs, p10, p90} (ms); `samples` key -> the seconds of each
+    round (round i of two rows ran back to back: the pairs `paired_latency` compares)."""
     live: dict[str, Callable] = {}
     for r in rows:
         if r.status != "ok":
@@ -190,6 +196,8 @@ def latency(rows: list[Row], x1: np.ndarray, threads: int, runs: int, warmup: in
             live[k](x1)
             times[k].append(clock() - t)
     live.clear()
+    if samples is not None:
+        samples.update(times)
     if spread is not None:
         for k, v in times.items():
             q = np.percentile(v, [10, 90]) if v else (None, None)
@@ -625,11 +633,13 @@ def measure_rows(rows: list[Row], data, limit: int, runs: int, warmup: int, floa
     for threads, attr, tag in ((1, "p50_1t", "1t"), (all_threads(), "p50_all", "all")):
         t = time.perf_counter()
         spread: dict[str, dict] = {}
-        med = latency(rows, x1, threads, runs, warmup, log, spread)
+        samples: dict[str, list[float]] = {}
+        med = latency(rows, x1, threads, runs, warmup, log, spread, samples)
         for r in rows:
             if r.key in med:
                 setattr(r, attr, med[r.key])
                 r.spread[tag] = spread[r.key]
+                r.samples[tag] = samples[r.key]
         timing[f"latency_{tag}"] = round(time.perf_counter() - t, 1)
         log(f"    latency at {threads} thread(s), {runs} interleaved runs: {time.perf_counter() - t:.0f} s")
     return {"n_images": len(x), "threads_all": all_threads(), "runs": runs, "measure_seconds": timing, **out}
@@ -692,11 +702,45 @@ def _compare(group: str, e: Row, p: Row) -> dict[str, Any]:
     lat_all = p.p50_all / e.p50_all if e.p50_all and p.p50_all else None
     acc = None if e.top1 is None or p.top1 is None else round(e.top1 - p.top1, 2)
     winner_speed = "edgecnn" if lat and lat >= 1 else "peer"
-    return {"group": group, "edgecnn": e.key, "peer": p.key,
-            "peer_over_edgecnn_latency_1t": round(lat, 3) if lat else None,
-            "peer_over_edgecnn_latency_all": round(lat_all, 3) if lat_all else None,
-            "edgecnn_minus_peer_top1_pp": acc, "faster_at_1t": winner_speed,
-            "more_accurate": None if acc is None else ("edgecnn" if acc > 0 else "peer" if acc < 0 else "tie")}
+    out = {"group": group, "edgecnn": e.key, "peer": p.key,
+           "peer_over_edgecnn_latency_1t": round(lat, 3) if lat else None,
+           "peer_over_edgecnn_latency_all": round(lat_all, 3) if lat_all else None,
+           "edgecnn_minus_peer_top1_pp": acc, "faster_at_1t": winner_speed,
+           "more_accurate": None if acc is None else ("edgecnn" if acc > 0 else "peer" if acc < 0 else "tie")}
+    if e.correct is not None and p.correct is not None and len(e.correct) == len(p.correct):
+        out["accuracy_paired"] = paired_accuracy(e.correct, p.correct)
+    if len(e.samples.get("1t", ())) == len(p.samples.get("1t", ())) > 1:
+        out["latency_paired_1t"] = paired_latency(e.samples["1t"], p.samples["1t"])
+    return out
+
+
+def paired_accuracy(e_correct: np.ndarray, p_correct: np.ndarray) -> dict[str, Any]:
+    """Two rows scored on the same images: the images only one side gets right, the exact McNemar
+    test's two-sided p-value (how often a difference this large comes from two equally accurate
+    models), and a 95% interval of the top-1 difference edgecnn - peer (pp, normal approximation of
+    the paired difference)."""
+    e, p = np.asarray(e_correct, bool), np.asarray(p_correct, bool)
+    n, b, c = len(e), int((e & ~p).sum()), int((~e & p).sum())
+    m = b + c
+    p_value = min(1.0, 2 * sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2 ** m) if m else 1.0
+    d = (b - c) / n
+    se = math.sqrt(max(m - (b - c) ** 2 / n, 0.0)) / n
+    return {"images": n, "edgecnn_only": b, "peer_only": c, "p_value": round(p_value, 4),
+            "diff_pp": round(100 * d, 2), "diff_ci95_pp": [round(100 * (d - 1.96 * se), 2), round(100 * (d + 1.96 * se), 2)],
+            "significant": p_value < 0.05}
+
+
+def paired_latency(e_seconds: list[float], p_seconds: list[float], resamples: int = 2000,
+                   seed: int = 0) -> dict[str, Any]:
+    """Interleaved rounds of two rows (round i ran both back to back): the median over rounds of
+    peer / edgecnn time, a 95% bootstrap interval of that median (rounds resampled), and the share
+    of rounds in which the peer was slower. An interval that holds 1.0 means this run cannot tell
+    which is faster."""
+    r = np.asarray(p_seconds, float) / np.asarray(e_seconds, float)
+    boots = np.median(np.random.default_rng(seed).choice(r, (resamples, len(r))), axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"rounds": len(r), "ratio_median": round(float(np.median(r)), 3), "ci95": [round(float(lo), 3), round(float(hi), 3)],
+            "peer_slower_share": round(float((r > 1).mean()), 3)}
 
 
 def run_size(name: str, float_model, pruned: dict[str, tuple], data, cal_n: int, limit: int, runs: int,

@@ -90,6 +90,9 @@ def comparisons(r: dict[str, Any]) -> list[str]:
             verdict.append("edgecnn faster" if lat > 1.0 else "**peer faster**" if lat < 1.0 else "equal speed")
         if acc is not None:
             verdict.append("edgecnn more accurate" if acc > 0 else "**peer more accurate**" if acc < 0 else "equal accuracy")
+        pa = c.get("accuracy_paired")
+        if pa and acc:
+            verdict[-1] += f" (p {pa['p_value']})"
         out.append(f"| {c['group']} | {e['method']} | {p['method']} | {_f(lat, 3)} | "
                    f"{_f(c['peer_over_edgecnn_latency_all'], 3)} | {_f(acc, 2)} pp | {', '.join(verdict)} |")
     if r.get("pruning_speedup"):
@@ -123,7 +126,16 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["## Goals (issue 8: 1 thread, batch 1, 224x224)", "", "| model | goal | figure | met |",
                   "|---|---|---|---|"]
         for g in goals:
-            lines.append(f"| {g['model']} | {g['goal']} | {g['figure']} | {'yes' if g['met'] else '**no**'} |")
+            met = "yes" if g["met"] else "**no**"
+            if not g["met"] and g.get("within_noise"):
+                met += ", within this run's noise"
+            lines.append(f"| {g['model']} | {g['goal']} | {g['figure']} | {met} |")
+        paired = [g for g in goals if g.get("noise")]
+        if paired:
+            lines += ["", "Paired figures of the comparisons above (the same test images and the same interleaved "
+                      "timing rounds on both sides; 'within noise': neither the latency interval lies wholly on the "
+                      "wrong side of the goal nor the accuracy test finds edgecnn less accurate at p < 0.05):", ""]
+            lines += [f"- {g['model']}, {g['goal'].split(',')[0]}: {g['noise']}" for g in paired]
         lines.append("")
     mr = res.get("mac_rate")
     if mr:

@@ -8,6 +8,7 @@ the form a runtime wants, pass by pass, each pass either exact or opt-in and mea
 | pass | exact | what and why |
 |---|---|---|
 | `uint8_activations` | yes | int8 activation with zero point z -> uint8 with z + 128, same scale. ONNX Runtime's x86 int8 GEMM/conv (MLAS) is fast for u8 activations x s8 weights (VPDPBUSD multiplies u8 by s8); s8 activations go through a slower path (docs ARCHITECTURE: resnet18 23.3 ms s8s8 vs 8.4 ms u8s8). Weights stay int8 symmetric. |
+| `uint8_weights` | yes (opt-in) | int8 conv/linear weights with zero point z -> uint8 with z + 128, same scale. ONNX Runtime's x64 u8s8 kernels without VNNI (its MLAS picks them on this machine's AMD Zen 4 although the CPU has AVX512-VNNI) add pairs of u8 x s8 products in int16 (`vpmaddubsw`), which saturates: 255 x 127 x 2 > 32767. On a 224-px mobilenet_v2 that moved logits by up to 2.6 and agreement with the fake-quant graph fell to 85.4%. u8 x u8 has no such step: exact, but 1.37-1.42x slower here (`benchmarks/results/ort_saturation.md`). `ort_u8s8_saturates()` tells whether this machine's ORT does it. |
 | `fold_activation` | yes | Relu (or Clip) whose only consumer is a QuantizeLinear that clamps at least as hard (Relu: zero point at the type minimum) is dropped: Q(relu(x)) == Q(x) for every x. Leaves DQ -> Conv/Add -> Q, the pattern ORT fuses into QLinearConv/QLinearAdd. |
 | `global_pool` | float-exact | ReduceMean over H, W (keepdims) -> GlobalAveragePool: the same float mean; ORT then fuses DQ -> GlobalAveragePool -> Q into QLinearGlobalAveragePool (integer mean, may round 1 LSB differently: measured, see `compare`). Off unless asked. |
 | `requantize_float_inputs` | no (opt-in) | a float tensor that is quantized for one consumer but read in float by another (litert's PT2E annotation under torch 2.14 left every residual add float; edgecnn's quantizer now annotates them, `QuantizeConfig.int8_adds`, so on its graphs this pass finds nothing) is read through its Q/DQ by all: each changed read moves by at most scale/2. Lets ORT fuse the next Add. |
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,13 @@ import numpy as np
 from edgecnn.config import check
 
 __all__ = ["LoweringConfig", "LoweringResult", "lower_qdq", "lower_file", "compare", "ort_fused_ops", "litert_delegation", "openvino_precisions",
-           "ort_session", "PRESETS", "preset"]
+           "ort_session", "ort_u8s8_saturates", "PRESETS", "preset"]
 
 
 @dataclass(frozen=True)
 class LoweringConfig:
     uint8_activations: bool = True          # int8 activations -> uint8, zero point + 128 (exact)
+    uint8_weights: bool = False             # int8 conv/linear weights -> uint8, zero point + 128 (exact)
     fold_activation: bool = True            # drop Relu/Clip a following QuantizeLinear makes redundant (exact)
     global_pool: bool = False               # ReduceMean(H, W) -> GlobalAveragePool (float-exact; ORT's int8 mean may round differently)
     requantize_float_inputs: bool = False   # float reads of a quantized tensor go through its Q/DQ (inexact, opt-in)
@@ -55,6 +58,9 @@ class LoweringConfig:
 PRESETS: dict[str, LoweringConfig] = {
     # ORT x86, exact: u8 activations for the VNNI u8s8 kernels; Relu/Clip folded so Conv fuses.
     "onnxruntime": LoweringConfig(),
+    # ORT x86, exact on every x64 kernel: u8 weights too, where u8s8 kernels without VNNI saturate
+    # (ort_u8s8_saturates()); slower than u8s8 where those run.
+    "onnxruntime-exact": LoweringConfig(uint8_weights=True),
     # ORT x86, whole graph in integer kernels: residual reads requantized (QLinearAdd) and the
     # global pool as QLinearGlobalAveragePool. Not exact: use with measured accuracy.
     "onnxruntime-integer": LoweringConfig(requantize_float_inputs=True, global_pool=True),
@@ -188,6 +194,38 @@ def _uint8_activations(model, result: LoweringResult) -> None:
             vi.type.tensor_type.elem_type = onnx.TensorProto.UINT8
     if count:
         result.changes["uint8_activations"] = count
+
+
+def _uint8_weights(model, result: LoweringResult) -> None:
+    """int8 weight initializers read by a DequantizeLinear that feeds a Conv/Gemm/MatMul weight input ->
+    uint8 values + 128 with zero points + 128 (same scale, same dequantized numbers)."""
+    from onnx import numpy_helper
+
+    G = _Graph(model.graph)
+    new_names: dict[str, str] = {}
+
+    def u8(name: str) -> str:
+        if name not in new_names:
+            v = G.const(name).astype(np.int16) + 128
+            new_names[name] = f"{name}_u8"
+            model.graph.initializer.append(numpy_helper.from_array(v.astype(np.uint8), new_names[name]))
+        return new_names[name]
+
+    count = 0
+    for dq in model.graph.node:
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in G.inits or len(dq.input) < 3:
+            continue
+        w, z = G.const(dq.input[0]), G.const(dq.input[2])
+        if w.dtype != np.int8 or z is None or z.dtype != np.int8:
+            continue
+        readers = G.consumers.get(dq.output[0], [])
+        if not readers or any(r.op_type not in ("Conv", "Gemm", "MatMul") or list(r.input).index(dq.output[0]) != 1
+                              for r in readers):
+            continue
+        dq.input[0], dq.input[2] = u8(dq.input[0]), u8(dq.input[2])
+        count += 1
+    if count:
+        result.changes["uint8_weights"] = count
 
 
 def _q_range(G: _Graph, q) -> tuple[float, float, float] | None:
@@ -364,6 +402,8 @@ def lower_qdq(model, config: LoweringConfig | None = None) -> LoweringResult:
         _global_pool(proto, result)
     if config.uint8_activations:
         _uint8_activations(proto, result)
+    if config.uint8_weights:
+        _uint8_weights(proto, result)
     _toposort(proto)
     _drop_unused_initializers(proto)
     onnx.checker.check_model(proto)
@@ -399,6 +439,27 @@ def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_pa
         so.add_session_config_entry(k, v)
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def ort_u8s8_saturates() -> bool:
+    """Whether this machine's ONNX Runtime adds u8 x s8 products in int16 pairs (x64 kernels without
+    VNNI): a 1x1 QLinearConv over 4 channels of 255 x 127 gives 4 x 255 x 127 = 129,540 exactly, or
+    2 x 32,767 when the pairs saturate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8), "w": np.full((1, 4, 1, 1), 127, np.int8),
+         "ws": np.array([1.0], np.float32), "wz": np.array([0], np.int8), "ys": np.array(1000.0, np.float32),
+         "yz": np.array(0, np.uint8)}
+    graph = helper.make_graph([helper.make_node("QLinearConv", ["x", *c], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 1, 1])],
+                              [numpy_helper.from_array(v, k) for k, v in c.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    y = ort_session(model.SerializeToString()).run(None, {"x": np.full((1, 4, 1, 1), 255, np.uint8)})[0]
+    return int(y.reshape(-1)[0]) != round(4 * 255 * 127 / 1000)
 
 
 def ort_fused_ops(model: str | Path | bytes, threads: int | None = 1) -> dict[str, int]:

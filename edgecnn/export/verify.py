@@ -89,7 +89,8 @@ def verify(main: Path, contract: dict[str, Any], reference: Any, x: np.ndarray, 
             f"export.{precision}_tolerance / min_agreement"
         raise ExportError(f"export {fmt} {precision}: verification in {session.info.get('runtime')} against the "
                           f"{result['reference']} on {result['samples']} images failed: {'; '.join(problems)}. "
-                          f"Nothing was written. If the difference is expected, loosen {which}.")
+                          f"Nothing was written.{_saturation_hint(fmt, precision, config)} If the difference is "
+                          f"expected, loosen {which}.")
     return result
 
 
@@ -98,3 +99,16 @@ class _Staged:
 
     def __init__(self, path: Path, fmt: str, contract: dict[str, Any]):
         self.path, self.format, self.contract = path, fmt, contract
+
+
+def _saturation_hint(fmt: str, precision: str, config: Any) -> str:
+    """Why an int8 ONNX artifact can miss in ONNX Runtime on this machine, and the fix."""
+    if fmt != "onnx" or precision != "int8" or getattr(config, "lowering", None) == "onnxruntime-exact":
+        return ""
+    from edgecnn.export.lowering import ort_u8s8_saturates
+
+    if not ort_u8s8_saturates():
+        return ""
+    return (" This machine's ONNX Runtime adds u8 x s8 products in saturating int16 pairs (x64 kernels without "
+            "VNNI), which moves int8 results; export.lowering: onnxruntime-exact (uint8 weights) runs exactly, "
+            "about 1.4x slower.")

@@ -209,3 +209,60 @@ def test_adapt_224_fine_tunes_a_copy_and_reports_cost():
     cfg0 = suite.SuiteConfig(adapt_bn_images=32, adapt_steps=0)                # statistics only
     adapted0, info0 = suite.adapt_224(model, data, cfg0, print, "tiny")
     assert torch.equal(adapted0[0].weight, model[0].weight) and info0["epoch_seconds_estimate"] is None
+
+
+def test_paired_accuracy_counts_discordant_images_and_tests_them():
+    e = np.array([True] * 90 + [False] * 10)
+    p = e.copy()
+    p[:6] = False                                       # 6 images only edgecnn gets right, none only the peer
+    a = suite.paired_accuracy(e, p)
+    assert (a["edgecnn_only"], a["peer_only"], a["diff_pp"]) == (6, 0, 6.0)
+    assert a["p_value"] == pytest.approx(2 / 64, abs=1e-4) and a["significant"]
+    assert a["diff_ci95_pp"][0] > 0
+    p[90:94] = True                                     # and 4 only the peer: 6 vs 4 is a coin toss
+    a = suite.paired_accuracy(e, p)
+    assert (a["edgecnn_only"], a["peer_only"]) == (6, 4) and not a["significant"]
+    assert a["diff_ci95_pp"][0] < 0 < a["diff_ci95_pp"][1]
+    assert suite.paired_accuracy(e, e)["p_value"] == 1.0
+
+
+def test_paired_latency_ratio_and_interval():
+    e = [1e-3 * (1 + 0.01 * (i % 5)) for i in range(50)]
+    lat = suite.paired_latency(e, [1.2 * t for t in e])
+    assert lat["ratio_median"] == pytest.approx(1.2) and lat["ci95"] == pytest.approx([1.2, 1.2])
+    assert lat["peer_slower_share"] == 1.0 and lat["rounds"] == 50
+    noisy = suite.paired_latency(e, [t * (0.9 if i % 2 else 1.1) for i, t in enumerate(e)])
+    assert noisy["ci95"][0] < 1.0 < noisy["ci95"][1]
+
+
+def test_goal_within_noise_only_when_neither_paired_figure_says_worse():
+    """A goal missed on the point figures is 'within noise' when the latency interval reaches the goal and the
+    accuracy test does not find edgecnn worse; a significant accuracy loss or a clearly slower run is not."""
+    def result(e_times, p_times, e_correct, p_correct):
+        r = [x for x in rows() if x.key not in ("ort/edgecnn-qdq", "ort/peer-QDQ-s8s8")]
+        e, p = r[2], r[3]                         # the only int8-ort row of each side
+        e.p50_1t, p.p50_1t = float(np.median(e_times)), float(np.median(p_times))
+        e.samples["1t"], p.samples["1t"] = e_times, p_times
+        e.correct, p.correct = np.array(e_correct), np.array(p_correct)
+        e.top1, p.top1 = 100 * e.correct.mean(), 100 * p.correct.mean()
+        info = suite.summarize(r, {})
+        res = {"latency_224": {"resnet18": {**info, "rows": [x.to_dict() for x in r]}}}
+        return next(g for g in bench_run.goals(res) if g["goal"].startswith("edgecnn int8 ONNX"))
+
+    e_t = [1.0 + 0.05 * (i % 7) for i in range(60)]
+    noisy = [t * (0.96 if i % 2 else 1.03) for i, t in enumerate(e_t)]      # peer 0.5% faster, swings 7%
+    right = [True] * 70 + [False] * 30
+    two_fewer = right[:]
+    two_fewer[0] = two_fewer[1] = False
+    g = result(e_t, noisy, two_fewer, right)
+    assert g["met"] is False and g["within_noise"] is True and "McNemar p" in g["noise"]
+    g = result(e_t, [0.8 * t for t in e_t], right, right)                  # peer clearly faster
+    assert g["met"] is False and g["within_noise"] is False
+    much_worse = [False] * 12 + right[12:]
+    g = result(e_t, [1.1 * t for t in e_t], much_worse, right)             # faster but 12 images worse, p < 0.05
+    assert g["met"] is False and g["within_noise"] is False
+    g = result(e_t, [1.1 * t for t in e_t], right, right)
+    assert g["met"] is True
+    md = markdown({"command": "x", "git": {"commit": "abc", "dirty_files": []}, "started": "now", "cpu": {},
+                   "goals": [{**g, "met": False, "within_noise": True}]})
+    assert "**no**, within this run's noise" in md and "Paired figures" in md

@@ -148,3 +148,64 @@ def test_global_pool_on_unnamed_nodes(x):
 def test_unknown_preset_names_choices():
     with pytest.raises(Exception, match="onnxruntime"):
         preset("onnxrutime")
+
+
+def _saturating_model():
+    """x -> Q (int8, scale 1, zero point -128) -> DQ -> 1x1 conv (8 input channels, int8 weights 127, scale
+    0.01) -> Q (scale 20). At x = 255 (uint8 255 after lowering) the exact output is 8 x 255 x 127 x 0.01 =
+    2590.8; kernels that add u8 x s8 pairs in int16 saturate each pair at 32,767 and give 1310.7."""
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"), numpy_helper.from_array(np.array(-128, np.int8), "xz"),
+             numpy_helper.from_array(np.full((2, 8, 1, 1), 127, np.int8), "w"),
+             numpy_helper.from_array(np.array([0.01, 0.01], np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(2, np.int8), "wz"),
+             numpy_helper.from_array(np.array(20.0, np.float32), "ys"), numpy_helper.from_array(np.array(-128, np.int8), "yz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xdq"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wdq"], axis=0),
+             helper.make_node("Conv", ["xdq", "wdq"], ["c"]),
+             helper.make_node("QuantizeLinear", ["c", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_uint8_weights_is_exact_where_u8s8_kernels_saturate():
+    from edgecnn.export.lowering import ort_session, ort_u8s8_saturates
+
+    model = _saturating_model()
+    x = np.full((1, 8, 4, 4), 255.0, np.float32)
+    literal = ort_session(model.SerializeToString(), optimize=False).run(None, {"x": x})[0]
+    assert literal.max() == pytest.approx(2600.0)          # 2590.8 on the grid of 20
+    exact = lower_qdq(model, preset("onnxruntime-exact"))
+    assert exact.exact and exact.changes["uint8_weights"] == 1
+    w = {t.name: numpy_helper.to_array(t) for t in exact.proto.graph.initializer}
+    assert w["w_u8"].dtype == np.uint8 and int(w["w_u8"].max()) == 255 and int(w["wz_u8"][0]) == 128
+    exact_bytes = exact.proto.SerializeToString()
+    assert ort_fused_ops(exact_bytes).get("QLinearConv") == 1
+    assert compare(model.SerializeToString(), exact_bytes, x)["max_abs_diff"] == 0.0          # literal
+    assert np.array_equal(ort_session(exact_bytes).run(None, {"x": x})[0], literal)           # fused u8 x u8
+    # the u8s8 form ('onnxruntime'): literal still exact; fused, wrong by half exactly where the probe says so
+    u8s8 = lower_qdq(model, preset("onnxruntime")).proto.SerializeToString()
+    assert "uint8_weights" not in lower_qdq(model, preset("onnxruntime")).changes
+    assert compare(model.SerializeToString(), u8s8, x)["max_abs_diff"] == 0.0
+    fused = ort_session(u8s8).run(None, {"x": x})[0]
+    assert ort_u8s8_saturates() == (not np.array_equal(fused, literal))
+    if ort_u8s8_saturates():
+        assert fused.max() == pytest.approx(1320.0)        # 4 pairs x 32,767 x 0.01 on the grid of 20
+
+
+def test_failed_onnx_int8_verification_names_saturation_and_the_fix():
+    from edgecnn.export.config import ExportConfig
+    from edgecnn.export.lowering import ort_u8s8_saturates
+    from edgecnn.export.verify import _saturation_hint
+
+    hint = _saturation_hint("onnx", "int8", ExportConfig())
+    assert bool(hint) == ort_u8s8_saturates()
+    if hint:
+        assert "onnxruntime-exact" in hint and "saturating int16" in hint
+    assert _saturation_hint("onnx", "int8", ExportConfig(lowering="onnxruntime-exact")) == ""
+    assert _saturation_hint("openvino", "int8", ExportConfig()) == ""
+    assert _saturation_hint("onnx", "fp32", ExportConfig()) == ""
