@@ -465,7 +465,7 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
         if raw:
             rows.append(Row("ort/edgecnn-qdq", "edgecnn int8 QDQ, no lowering (int8 activations)", "edgecnn",
                             "onnxruntime", "int8", session_opener(raw, "onnxruntime"), [raw], group="int8-ort"))
-            for preset_name in ("onnxruntime", "onnxruntime-integer"):
+            for preset_name in ("onnxruntime", "onnxruntime-integer", "onnxruntime-exact"):
                 out = step(f"lower for {preset_name}",
                            lambda p=preset_name: lowered_onnx(raw, work / f"edgecnn_int8_{p}.onnx", p))
                 if out:

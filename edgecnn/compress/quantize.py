@@ -102,6 +102,8 @@ def _qat_train_defaults() -> TrainConfig:
 class QuantizeConfig:
     mode: Literal["ptq", "qat"] = "ptq"     # post-training calibration, or quantization-aware training
     per_channel: bool = True                # weights: symmetric int8 per output channel; false: per tensor
+    weight_bits: Literal[8, 7] = 8          # 7: weights in [-64, 64] (ONNX Runtime's reduce_range), which its x64
+    # u8s8 kernels without VNNI add in int16 without saturating (export/lowering.py, uint8_weights)
     observer: Observer | None = None        # activation range observer; null: histogram (PTQ), moving_average (QAT)
     percentile: float = 99.99               # observer 'percentile' only: clip range, percent of values kept
     calibration_samples: int = 256          # images that set activation ranges (PTQ; QAT initial ranges)
@@ -125,6 +127,7 @@ class QuantizeConfig:
     # as litert's annotator leaves them under torch >= 2.9's export (see _annotate_adds)
 
     def __post_init__(self):
+        check(self.weight_bits in (7, 8), "weight_bits", f"{self.weight_bits} is not 8 or 7")
         check(self.calibration_samples >= 1, "calibration_samples", f"{self.calibration_samples} must be >= 1")
         check(self.calibration_batch_size >= 1, "calibration_batch_size", "must be >= 1")
         check(50.0 < self.percentile <= 100.0, "percentile", f"{self.percentile} is outside (50, 100]")
@@ -258,7 +261,10 @@ def quantization_config(cfg: QuantizeConfig):
     base = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_qat=cfg.mode == "qat")
     ctor = ACTIVATION_OBSERVERS.get(cfg.resolved_observer, key="quantize.observer")(cfg)
     act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=ctor)
-    return dataclasses.replace(base, input_activation=act, output_activation=act)
+    weight = base.weight
+    if cfg.weight_bits == 7:
+        weight = dataclasses.replace(weight, quant_min=-64, quant_max=64)
+    return dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
 
 
 def _module_path(node: torch.fx.Node) -> str | None:

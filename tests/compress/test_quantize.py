@@ -73,6 +73,19 @@ def test_bias_correction_is_on_for_ptq_by_default_and_off_for_qat(trained, digit
     assert from_dict(QuantizeConfig, {"mode": "qat", "bias_correction": None}, "quantize").resolved_bias_correction is False
 
 
+def test_seven_bit_weights_stay_in_reduced_range(trained, digits):
+    """weight_bits=7: every int8 weight in [-64, 64] (no pair of u8 x s8 products can saturate int16)."""
+    res = quantize(trained, QuantizeConfig(weight_bits=7, **FAST), digits)
+    dq = [n for n in res.model.graph.nodes if "dequantize_per_channel" in str(n.target)]
+    assert len(dq) == 7 and all((n.args[4], n.args[5]) == (-64, 64) for n in dq)
+    ints = [getattr(res.model, n.args[0].target) for n in dq]        # the folded int8 weights
+    assert all(w.dtype == torch.int8 and int(w.abs().max()) <= 64 for w in ints)
+    assert max(int(w.abs().max()) for w in ints) == 64                 # the range is used, not just clamped
+    assert res.accuracy_drop <= 3.0
+    with pytest.raises(RecipeError, match="weight_bits"):
+        from_dict(QuantizeConfig, {"weight_bits": 6}, "quantize")
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(RecipeError, match="observer.*moving_average"):
         from_dict(QuantizeConfig, {"mode": "qat", "observer": "histogram"}, "quantize")
