@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -40,9 +39,8 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
-from quantize_224 import CAL, build_model, load_data, run_torch  # noqa: E402
+from quantize_224 import CAL, run_torch, setup  # noqa: E402
 from run import git, loadavg, versions  # noqa: E402
-from suite import SuiteConfig  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -107,12 +105,8 @@ def main() -> None:
 
     from edgecnn.export.lowering import ort_u8s8_saturates
 
-    torch.manual_seed(0)
-    cfg = SuiteConfig()
     t0 = time.perf_counter()
-    data = load_data(224, cfg)
-    model, model_info = build_model(args, cfg, data)
-    xt, yt = data.tensors("test", args.test)
+    _, data, model, model_info, xt, yt = setup(args)
     x, y = xt.numpy(), yt.numpy()
     ref = run_torch(model, xt)
     res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git()["commit"][:12], "versions": versions(),

@@ -78,6 +78,17 @@ def build_model(args, cfg: SuiteConfig, data224):
     return model.eval(), info
 
 
+def setup(args):
+    """Seeded: the suite config, the 224-px data, the adapted model (`args.model`, `--load-model` /
+    `--save-model`) and the first `args.test` test images."""
+    torch.manual_seed(0)
+    cfg = SuiteConfig()
+    data = load_data(224, cfg)
+    model, model_info = build_model(args, cfg, data)
+    xt, yt = data.tensors("test", args.test)
+    return cfg, data, model, model_info, xt, yt
+
+
 def top1_agree(logits: np.ndarray, y: np.ndarray, ref: np.ndarray) -> dict:
     return {"top1": round(100.0 * float((logits.argmax(1) == y).mean()), 2),
             "agree": round(100.0 * float((logits.argmax(1) == ref.argmax(1)).mean()), 2)}
@@ -170,12 +181,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quantize_224.json"))
     args = ap.parse_args()
 
-    torch.manual_seed(0)
-    cfg = SuiteConfig()
     t0 = time.perf_counter()
-    data = load_data(224, cfg)
-    model, model_info = build_model(args, cfg, data)
-    xt, yt = data.tensors("test", args.test)
+    cfg, data, model, model_info, xt, yt = setup(args)
     x, y = xt, yt.numpy()
     ref = run_torch(model, x)
     res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "model": f"torchvision {args.model}, suite 224 mode",

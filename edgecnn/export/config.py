@@ -25,7 +25,8 @@ class ExportConfig:
     name: str = "model"                 # file stem: <name>_<precision>.<ext>
     skip_unsupported: bool = False      # a format that cannot take the model is recorded and skipped, not fatal
     lowering: str | None = "onnxruntime"   # int8 ONNX rewritten for the runtime's fast kernels (export/lowering.py):
-    #   'onnxruntime' is exact (uint8 activations with zero point + 128, redundant Relu folded); null: as exported
+    #   'onnxruntime': uint8 activations with zero point + 128, redundant Relu folded (an exact rewrite; ORT's
+    #   u8s8 kernels without VNNI saturate int16 pairs: 'onnxruntime-exact' adds uint8 weights); null: as exported
     openvino_lowering: str | None = None   # int8 IR from a lowered ONNX; 'openvino' requantizes float residual
     #   reads so adds fuse into int8 convolutions (not bit-exact: verified against int8_tolerance); null: as exported
     #   (edgecnn's quantizer writes no float residual reads since QuantizeConfig.int8_adds: nothing left to requantize)

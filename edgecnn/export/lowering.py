@@ -56,7 +56,8 @@ class LoweringConfig:
 
 # What each runtime wants (measured on this machine: benchmarks/README.md "Lowering").
 PRESETS: dict[str, LoweringConfig] = {
-    # ORT x86, exact: u8 activations for the VNNI u8s8 kernels; Relu/Clip folded so Conv fuses.
+    # ORT x86: u8 activations for the VNNI u8s8 kernels; Relu/Clip folded so Conv fuses. An exact
+    # rewrite, but ORT's u8s8 kernels without VNNI saturate int16 pairs ('onnxruntime-exact').
     "onnxruntime": LoweringConfig(),
     # ORT x86, exact on every x64 kernel: u8 weights too, where u8s8 kernels without VNNI saturate
     # (ort_u8s8_saturates()); slower than u8s8 where those run.
@@ -446,7 +447,6 @@ def ort_u8s8_saturates() -> bool:
     """Whether this machine's ONNX Runtime adds u8 x s8 products in int16 pairs (x64 kernels without
     VNNI): a 1x1 QLinearConv over 4 channels of 255 x 127 gives 4 x 255 x 127 = 129,540 exactly, or
     2 x 32,767 when the pairs saturate."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     c = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8), "w": np.full((1, 4, 1, 1), 127, np.int8),
