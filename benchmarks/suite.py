@@ -420,6 +420,8 @@ def nncf_quantize(fp32_onnx: Path, x_cal: np.ndarray, xml: Path, preset: str) ->
 def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: int, work: Path, cfg: SuiteConfig,
                log, tag: str) -> tuple[list[Row], dict[str, Any]]:
     """Every row of one model at one input size. `pruned`: key -> (model, info)."""
+    from edgecnn.export.lowering import resolve
+
     example = data.example_input(1)
     x_cal = data.tensors("calibration", cal_n)[0].numpy()
     rows: list[Row] = []
@@ -469,7 +471,7 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
                 out = step(f"lower for {preset_name}",
                            lambda p=preset_name: lowered_onnx(raw, work / f"edgecnn_int8_{p}.onnx", p))
                 if out:
-                    rows.append(Row(f"ort/edgecnn-{preset_name}", f"edgecnn int8, lowering '{preset_name}'" + (" (ExportConfig default)" if preset_name == "onnxruntime" else ""),
+                    rows.append(Row(f"ort/edgecnn-{preset_name}", f"edgecnn int8, lowering '{preset_name}'" + (" (ExportConfig default here: 'auto')" if preset_name == resolve("auto") else ""),
                                     "edgecnn", "onnxruntime", "int8", session_opener(out[0], "onnxruntime"),
                                     [out[0]], group="int8-ort", config=out[1]))
             out = step("lower for openvino + IR", lambda: lowered_onnx(raw, work / "edgecnn_int8_openvino.onnx",

@@ -24,9 +24,11 @@ class ExportConfig:
     int8_min_agreement: float = 0.98    # top-1 agreement of int8 artifacts with the fake-quant graph
     name: str = "model"                 # file stem: <name>_<precision>.<ext>
     skip_unsupported: bool = False      # a format that cannot take the model is recorded and skipped, not fatal
-    lowering: str | None = "onnxruntime"   # int8 ONNX rewritten for the runtime's fast kernels (export/lowering.py):
-    #   'onnxruntime': uint8 activations with zero point + 128, redundant Relu folded (an exact rewrite; ORT's
-    #   u8s8 kernels without VNNI saturate int16 pairs: 'onnxruntime-exact' adds uint8 weights); null: as exported
+    lowering: str | None = "auto"          # int8 ONNX rewritten for the runtime's fast kernels (export/lowering.py):
+    #   'onnxruntime': uint8 activations with zero point + 128, redundant Relu folded (an exact rewrite, but ORT's
+    #   u8s8 kernels on x64 CPUs without VNNI saturate int16 pairs); 'onnxruntime-exact': also uint8 weights
+    #   (exact everywhere, ~1.4x slower where u8s8 runs on VNNI); 'auto': the exact one where this machine's ORT
+    #   saturates (ort_u8s8_saturates()), else 'onnxruntime'; null: as exported
     openvino_lowering: str | None = None   # int8 IR from a lowered ONNX; 'openvino' requantizes float residual
     #   reads so adds fuse into int8 convolutions (not bit-exact: verified against int8_tolerance); null: as exported
     #   (edgecnn's quantizer writes no float residual reads since QuantizeConfig.int8_adds: nothing left to requantize)
@@ -47,11 +49,11 @@ class ExportConfig:
         check(self.opset is None or 13 <= self.opset <= 23, "opset",
               f"{self.opset} is outside 13..23 (per-channel QDQ needs 13 or later)")
         check(self.verify_samples >= 1, "verify_samples", "must be at least 1")
-        from edgecnn.export.lowering import PRESETS
+        from edgecnn.export.lowering import AUTO, PRESETS
         for k in ("lowering", "openvino_lowering"):
             v = getattr(self, k)
-            if v is not None and v not in PRESETS:
-                raise unknown("lowering preset", v, PRESETS, k)
+            if v is not None and v not in PRESETS and v != AUTO:
+                raise unknown("lowering preset", v, [*PRESETS, AUTO], k)
         for k in ("fp32_tolerance", "fp16_tolerance", "int8_tolerance"):
             check(getattr(self, k) > 0, k, "must be > 0")
         for k in ("min_agreement", "int8_min_agreement"):

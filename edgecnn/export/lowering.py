@@ -36,7 +36,7 @@ import numpy as np
 from edgecnn.config import check
 
 __all__ = ["LoweringConfig", "LoweringResult", "lower_qdq", "lower_file", "compare", "ort_fused_ops", "litert_delegation", "openvino_precisions",
-           "ort_session", "ort_u8s8_saturates", "PRESETS", "preset"]
+           "ort_session", "ort_u8s8_saturates", "PRESETS", "AUTO", "preset", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,23 @@ PRESETS: dict[str, LoweringConfig] = {
 }
 
 
+AUTO = "auto"   # the exporters' default: the exact ONNX Runtime form for this machine (`resolve`)
+
+
+def resolve(name: str | None) -> str | None:
+    """'auto' -> 'onnxruntime-exact' where this machine's ONNX Runtime saturates u8s8 (x64 without
+    VNNI, `ort_u8s8_saturates()`), else 'onnxruntime'; any other name as it is."""
+    if name != AUTO:
+        return name
+    return "onnxruntime-exact" if ort_u8s8_saturates() else "onnxruntime"
+
+
 def preset(runtime: str) -> LoweringConfig:
     from edgecnn.errors import unknown
 
+    runtime = resolve(runtime)
     if runtime not in PRESETS:
-        raise unknown("lowering runtime", runtime, list(PRESETS), "runtime")
+        raise unknown("lowering runtime", runtime, [*PRESETS, AUTO], "runtime")
     return PRESETS[runtime]
 
 

@@ -164,11 +164,13 @@ def _write(job: Job) -> Written:
                          "route": "torch.onnx.export(dynamo=True)" + (" + float16 converter" if job.precision == "fp16"
                                                                         else "")}
     if job.precision == "int8" and job.config.lowering:
-        from edgecnn.export.lowering import lower_qdq, preset
+        from edgecnn.export.lowering import lower_qdq, preset, resolve
 
         lowered = lower_qdq(proto, preset(job.config.lowering))
         proto = lowered.proto
-        added["exporter"]["lowering"] = {"preset": job.config.lowering, **lowered.to_dict()}
+        added["exporter"]["lowering"] = {"preset": resolve(job.config.lowering), **lowered.to_dict()}
+        if job.config.lowering != added["exporter"]["lowering"]["preset"]:
+            added["exporter"]["lowering"]["asked"] = job.config.lowering
     contract = {**job.contract, **added}
     proto = finalize_proto(proto, contract)
     main = job.staging / f"{job.stem}.onnx"

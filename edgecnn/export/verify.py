@@ -103,9 +103,10 @@ class _Staged:
 
 def _saturation_hint(fmt: str, precision: str, config: Any) -> str:
     """Why an int8 ONNX artifact can miss in ONNX Runtime on this machine, and the fix."""
-    if fmt != "onnx" or precision != "int8" or getattr(config, "lowering", None) == "onnxruntime-exact":
+    from edgecnn.export.lowering import ort_u8s8_saturates, resolve
+
+    if fmt != "onnx" or precision != "int8" or resolve(getattr(config, "lowering", None)) == "onnxruntime-exact":
         return ""
-    from edgecnn.export.lowering import ort_u8s8_saturates
 
     if not ort_u8s8_saturates():
         return ""

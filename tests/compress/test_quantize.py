@@ -37,6 +37,16 @@ def trained(digits):
 FAST = dict(calibration_samples=64)
 
 
+def _lowered(path):
+    """The exported QDQ file lowered as the exporter lowers it by default ('auto': exact on this machine's
+    ONNX Runtime, whose u8s8 kernels saturate on x64 CPUs without VNNI): what ships, run fused."""
+    from edgecnn.export.lowering import lower_file, preset
+
+    out = path.with_name(path.stem + "_lowered.onnx")
+    lower_file(path, out, preset("auto"))
+    return out
+
+
 def test_ptq_accuracy_within_bound_and_input_untouched(trained, digits):
     before = copy.deepcopy(trained.state_dict())
     res = quantize(trained, QuantizeConfig(**FAST), digits)
@@ -114,7 +124,7 @@ def test_save_load_identical_and_onnx_agrees(trained, digits, tmp_path):
     onnx_path = tmp_path / "q.onnx"
     torch.onnx.export(loaded, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
                       ).save(str(onnx_path))
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(_lowered(onnx_path)), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     agree = (out.argmax(1) == ref.numpy().argmax(1)).mean()
     assert agree >= 0.99, agree
@@ -150,7 +160,7 @@ def test_partially_quantized_graph_exports_to_onnx(trained, digits, tmp_path):
     onnx_path = tmp_path / "p.onnx"
     torch.onnx.export(res.model, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
                       ).save(str(onnx_path))
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(_lowered(onnx_path)), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         ref = res.model(x).numpy()
@@ -468,7 +478,7 @@ def test_onnxruntime_computes_what_the_fake_quant_graph_computes(se_quantized, d
     torch.onnx.export(se_quantized, (x[:2],), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},)
                       ).save(str(path))
     step = [n for n in se_quantized.graph.nodes if "quantize_per_tensor" in str(n.target)][-1].args[1]
-    sess = ort_session(path, optimize=optimize)
+    sess = ort_session(_lowered(path) if optimize else path, optimize=optimize)
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     off = int((np.abs(out - ref) > step / 2).sum())
     assert off == 0, f"{off} of {out.size} logits differ by a quantization step"
@@ -532,8 +542,11 @@ def test_residual_model_runs_in_integer_kernels_exactly(residual_quantized, digi
     """With the adds int8 the ONNX lowerings have no float read to requantize (their one inexact
     pass) and ORT fuses every Add into QLinearAdd. Running the QDQ graph literally gives the
     fake-quant graph's logits exactly; QLinearAdd computes (a - za) * sa/sc + (b - zb) * sb/sc in
-    its own float order, so an output on a rounding tie may land one step off: rare, never more."""
-    from edgecnn.export.lowering import lower_file, ort_fused_ops, ort_session, preset
+    its own float order, so an output on a rounding tie may land one step off: rare, never more. So
+    may a literal run on some CPUs (PyTorch's and ORT's float convolutions sum in a different order
+    with AVX2 than with AVX-512). On CPUs where ORT's u8s8 kernels saturate, the weights go uint8 too
+    (the exporter's 'auto' lowering does the same)."""
+    from edgecnn.export.lowering import LoweringConfig, lower_file, ort_fused_ops, ort_session, ort_u8s8_saturates
 
     x, _ = digits.tensors("test")
     with torch.no_grad():
@@ -542,7 +555,7 @@ def test_residual_model_runs_in_integer_kernels_exactly(residual_quantized, digi
     torch.onnx.export(residual_quantized, (x[:2],), dynamo=True,
                       dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(raw))
     lowered = tmp_path / "res_ort.onnx"
-    result = lower_file(raw, lowered, preset("openvino"))
+    result = lower_file(raw, lowered, LoweringConfig(requantize_float_inputs=True, uint8_weights=ort_u8s8_saturates()))
     assert not result.changes.get("requantize_float_inputs") and result.exact, result.to_dict()
     if optimize:
         ops = ort_fused_ops(lowered)
@@ -552,5 +565,5 @@ def test_residual_model_runs_in_integer_kernels_exactly(residual_quantized, digi
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     diff = np.abs(out - ref) / step
     off = int((diff > 0.5).sum())
-    assert diff.max() < 1.5 and off <= (out.size // 500 if optimize else 0), \
+    assert diff.max() < 1.5 and off <= (out.size // 500 if optimize else out.size // 1000), \
         f"{off} of {out.size} logits differ by a quantization step, the most by {diff.max():.2f} steps"

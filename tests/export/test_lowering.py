@@ -188,6 +188,7 @@ def test_uint8_weights_is_exact_where_u8s8_kernels_saturate():
     assert compare(model.SerializeToString(), exact_bytes, x)["max_abs_diff"] == 0.0          # literal
     assert np.array_equal(ort_session(exact_bytes).run(None, {"x": x})[0], literal)           # fused u8 x u8
     # the u8s8 form ('onnxruntime'): literal still exact; fused, wrong by half exactly where the probe says so
+    assert preset("auto") == preset("onnxruntime-exact" if ort_u8s8_saturates() else "onnxruntime")
     u8s8 = lower_qdq(model, preset("onnxruntime")).proto.SerializeToString()
     assert "uint8_weights" not in lower_qdq(model, preset("onnxruntime")).changes
     assert compare(model.SerializeToString(), u8s8, x)["max_abs_diff"] == 0.0
@@ -202,10 +203,11 @@ def test_failed_onnx_int8_verification_names_saturation_and_the_fix():
     from edgecnn.export.lowering import ort_u8s8_saturates
     from edgecnn.export.verify import _saturation_hint
 
-    hint = _saturation_hint("onnx", "int8", ExportConfig())
+    hint = _saturation_hint("onnx", "int8", ExportConfig(lowering="onnxruntime"))
     assert bool(hint) == ort_u8s8_saturates()
     if hint:
         assert "onnxruntime-exact" in hint and "saturating int16" in hint
     assert _saturation_hint("onnx", "int8", ExportConfig(lowering="onnxruntime-exact")) == ""
+    assert _saturation_hint("onnx", "int8", ExportConfig()) == ""          # 'auto' is exact on this machine
     assert _saturation_hint("openvino", "int8", ExportConfig()) == ""
     assert _saturation_hint("onnx", "fp32", ExportConfig()) == ""
