@@ -52,8 +52,9 @@ class ExportConfig:
         from edgecnn.export.lowering import AUTO, PRESETS
         for k in ("lowering", "openvino_lowering"):
             v = getattr(self, k)
-            if v is not None and v not in PRESETS and v != AUTO:
-                raise unknown("lowering preset", v, [*PRESETS, AUTO], k)
+            allowed = [*PRESETS, AUTO] if k == "lowering" else list(PRESETS)   # 'auto' picks an ONNX Runtime form
+            if v is not None and v not in allowed:
+                raise unknown("lowering preset", v, allowed, k)
         for k in ("fp32_tolerance", "fp16_tolerance", "int8_tolerance"):
             check(getattr(self, k) > 0, k, "must be > 0")
         for k in ("min_agreement", "int8_min_agreement"):

@@ -166,10 +166,11 @@ def _write(job: Job) -> Written:
     if job.precision == "int8" and job.config.lowering:
         from edgecnn.export.lowering import lower_qdq, preset, resolve
 
-        lowered = lower_qdq(proto, preset(job.config.lowering))
+        name = resolve(job.config.lowering)
+        lowered = lower_qdq(proto, preset(name))
         proto = lowered.proto
-        added["exporter"]["lowering"] = {"preset": resolve(job.config.lowering), **lowered.to_dict()}
-        if job.config.lowering != added["exporter"]["lowering"]["preset"]:
+        added["exporter"]["lowering"] = {"preset": name, **lowered.to_dict()}
+        if job.config.lowering != name:
             added["exporter"]["lowering"]["asked"] = job.config.lowering
     contract = {**job.contract, **added}
     proto = finalize_proto(proto, contract)

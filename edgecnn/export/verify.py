@@ -107,7 +107,6 @@ def _saturation_hint(fmt: str, precision: str, config: Any) -> str:
 
     if fmt != "onnx" or precision != "int8" or resolve(getattr(config, "lowering", None)) == "onnxruntime-exact":
         return ""
-
     if not ort_u8s8_saturates():
         return ""
     return (" This machine's ONNX Runtime adds u8 x s8 products in saturating int16 pairs (x64 kernels without "
