@@ -85,6 +85,11 @@ def cpu() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError, ValueError):
         pass
     info["cores"] = suite.all_threads()
+    try:   # whether ORT's u8s8 kernels saturate here (x64 without VNNI): decides the 'auto' lowering
+        from edgecnn.export.lowering import ort_u8s8_saturates
+        info["ort_u8s8_saturates"] = ort_u8s8_saturates()
+    except Exception as e:  # noqa: BLE001 - recorded, not fatal: the suite reports what it could learn
+        info["ort_u8s8_saturates"] = f"probe failed: {e}"
     return info
 
 

@@ -114,7 +114,9 @@ def markdown(res: dict[str, Any]) -> str:
              + "  ", f"Started {res['started']}, {res.get('seconds', 0):.0f} s. Load average at start {la0}, at end {la1}."
              + (" **Measured while the machine was busy: latency figures are noisy.**" if loaded else ""), "",
              f"CPU: {c.get('model')} ({c.get('vendor', '')}{', ' + c['hypervisor'] + ' VM' if c.get('hypervisor') else ''}), "
-             f"{c.get('cores')} cores, {c.get('mhz')} MHz; flags: {' '.join(c.get('flags', []))}  ",
+             f"{c.get('cores')} cores, {c.get('mhz')} MHz; flags: {' '.join(c.get('flags', []))}"
+             + (f"; ONNX Runtime u8s8 kernels saturate: {c['ort_u8s8_saturates']}" if "ort_u8s8_saturates" in c else "")
+             + "  ",
              (f"Scheduling: {res['scheduling']}  " if res.get("scheduling") else ""),
              "Versions: " + ", ".join(f"{k} {v}" for k, v in res.get("versions", {}).items()), "",
              "Rows: batch 1, medians of interleaved runs in one process; top-1 and agreement (top-1 equal to the fp32 "

@@ -266,3 +266,6 @@ def test_goal_within_noise_only_when_neither_paired_figure_says_worse():
     md = markdown({"command": "x", "git": {"commit": "abc", "dirty_files": []}, "started": "now", "cpu": {},
                    "goals": [{**g, "met": False, "within_noise": True}]})
     assert "**no**, within this run's noise" in md and "Paired figures" in md
+    md = markdown({"command": "x", "git": {"commit": "abc", "dirty_files": []}, "started": "now",
+                   "cpu": {"flags": ["avx2"], "ort_u8s8_saturates": True}})
+    assert "flags: avx2; ONNX Runtime u8s8 kernels saturate: True" in md
