@@ -13,12 +13,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgecnn.errors import ExportError
 from edgecnn.registry import Registry
+
+if TYPE_CHECKING:
+    from edgecnn.export.artifact import Artifact
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ def operator_error(fmt: str, precision: str, model: Any, example_input: Any, err
 def export_artifact(fmt: str, model: Any, example_input: Any, path: str | Path, config: Any, *,
                     precision: str | None = None, meta: dict[str, Any] | None = None,
                     verify_inputs: np.ndarray | None = None, reference: Any = None,
-                    cache: dict[Any, Any] | None = None) -> "Artifact":
+                    cache: dict[Any, Any] | None = None) -> Artifact:
     """Write `model` as `fmt` to `path`, verify it in its runtime, write the sidecar; return the Artifact.
 
     precision: fp32 | fp16 | int8; None: int8 for a PT2E-converted graph, else fp32.

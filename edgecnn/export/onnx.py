@@ -116,7 +116,6 @@ def io_contract(proto) -> dict[str, Any]:
 
 def input_qparams(proto) -> dict[str, Any] | None:
     """Scale/zero point of the QuantizeLinear that reads the graph input (int8 QDQ), for the contract."""
-    import onnx
     from onnx import numpy_helper
 
     name = proto.graph.input[0].name
