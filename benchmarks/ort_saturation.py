@@ -64,11 +64,12 @@ def scores(logits: np.ndarray, y: np.ndarray, ref: np.ndarray, fq: np.ndarray | 
     return out
 
 
-def ptq(model, data, weight_bits: int):
+def ptq(model, data, weight_bits: int = 8, **fields):
+    """edgecnn PTQ (QuantizeConfig defaults and `fields`) on the first CAL calibration images."""
     from edgecnn.compress.calibration import load_calibration
 
     Q = importlib.import_module("edgecnn.compress.quantize")   # the module (edgecnn.compress.quantize is also a function)
-    cfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, weight_bits=weight_bits)
+    cfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, weight_bits=weight_bits, **fields)
     calib = load_calibration(data, CAL, None, batch_size=32)
     return Q._mark_eval(Q._ptq(Q.export_graph(model, calib.batches[0]), cfg, calib.batches))
 

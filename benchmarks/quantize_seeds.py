@@ -1,0 +1,168 @@
+"""int8 accuracy of edgecnn PTQ against ONNX Runtime's quantize_static over several model instances.
+
+One 224-px model (the suite's 224 mode) is one draw: its float top-1 is ~70% on mobilenet_v2 and
+its int8 rows differ by a few points from instance to instance, so a comparison on one instance can
+be luck. This script builds `--seeds` instances (`suite.train` + `suite.adapt_224` with the seed
+changed; the data, its splits and the calibration images stay those of seed 0) and scores, on the
+same `--test` test images of each:
+
+- edgecnn PTQ (QuantizeConfig defaults: histogram observer, per-channel 8-bit weights, bias
+  correction), and with each `--variants` override (default `weight_bits=7`; e.g. `observer=mse`,
+  `bias_correction=false`), each exported as QDQ ONNX lowered 'onnxruntime' and run in ONNX Runtime
+  (what the suite's 'onnxruntime' row runs);
+- ORT `quantize_static` QOperator u8s8 per-channel MinMax, with and without reduce_range (7-bit
+  weights), on the same fp32 ONNX and calibration images.
+
+Per instance and edgecnn row: top-1 and the paired comparison with each ORT row (images only one
+side gets right, exact McNemar p); over instances: the mean top-1, and the paired comparison pooled
+(discordant images summed over instances, the same test).
+
+    PYTHONPATH=. python benchmarks/quantize_seeds.py --model mobilenet_v2 --seeds 0 1 2 \
+        --out benchmarks/results/quantize_seeds_mobilenet_v2.json
+
+Each instance takes ~4-6 minutes on 2 cores (training, adapting, two PTQs, two quantize_static).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import suite  # noqa: E402
+from ort_saturation import ort_logits, ptq  # noqa: E402
+from quantize_224 import CAL, load_data, run_torch  # noqa: E402
+from run import cpu, git, loadavg, versions  # noqa: E402
+from suite import SuiteConfig  # noqa: E402
+
+PEERS = ("ORT QOperator u8s8 reduce_range", "ORT QOperator u8s8")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'observer=mse,bias_correction=false' -> (label, QuantizeConfig fields)."""
+    fields = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        low = v.strip().lower()
+        fields[k.strip()] = (int(low) if low.isdigit() else {"true": True, "false": False, "null": None}.get(low, v.strip()))
+    return text, fields
+
+
+def instance(model_name: str, seed: int, data32, data224, x: np.ndarray, y: np.ndarray,
+             variants: list[tuple[str, dict]]) -> dict:
+    """Build the seed's 224-px model and score every row on `x`; returns {row: correct (bool array)}."""
+    cfg = dataclasses.replace(SuiteConfig(), seed=seed)
+    t = time.perf_counter()
+    trained = suite.train(model_name, data32, cfg, log)
+    model, _ = suite.adapt_224(trained, data224, cfg, log, model_name)
+    model.eval()
+    build_s = time.perf_counter() - t
+    correct = {"float": run_torch(model, torch.from_numpy(x)).argmax(1) == y}
+    example = data224.example_input(1)
+    with tempfile.TemporaryDirectory(prefix="qseeds_") as tmp:
+        work = Path(tmp)
+        for i, (label, fields) in enumerate([("defaults", {}), *variants]):
+            qm = ptq(model, data224, **fields)
+            raw = suite.export_onnx(qm, example, work / f"v{i}.onnx", "int8")
+            path, _ = suite.lowered_onnx(raw, work / f"v{i}_ort.onnx", "onnxruntime")
+            correct[f"edgecnn PTQ, {label}"] = ort_logits(path, x).argmax(1) == y
+        fp32 = suite.export_onnx(model, example, work / "fp32.onnx", "fp32")
+        x_cal = data224.tensors("calibration", CAL)[0].numpy()
+        for rr in (False, True):
+            p = suite.ort_quantize_static(fp32, x_cal, work, ("QOperator", "u8", "s8", rr))
+            correct["ORT QOperator u8s8" + (" reduce_range" if rr else "")] = ort_logits(p, x).argmax(1) == y
+    log(f"  seed {seed} ({build_s:.0f} s to build): " + "; ".join(f"{k} {100 * v.mean():.1f}" for k, v in correct.items()))
+    return correct
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("mobilenet_v2", "resnet18"), default="mobilenet_v2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--test", type=int, default=1000, help="test images scored (default 1000, all)")
+    ap.add_argument("--variants", nargs="*", default=["weight_bits=7"], metavar="FIELD=VALUE[,...]",
+                    help="edgecnn PTQ rows besides the defaults: QuantizeConfig overrides (default: weight_bits=7)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    base = SuiteConfig()
+    data32, data224 = load_data(base.size, base), load_data(224, base)
+    xt, yt = data224.tensors("test", args.test)
+    x, y = xt.numpy(), yt.numpy()
+    res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git()["commit"][:12], "versions": versions(),
+           "cpu": cpu(), "loadavg_start": loadavg(), "model": f"torchvision {args.model}, suite 224 mode",
+           "calibration_images": CAL, "test_images": len(y), "instances": {}}
+    for seed in args.seeds:
+        correct = instance(args.model, seed, data32, data224, x, y, [parse_variant(v) for v in args.variants])
+        rows = {k: {"top1": round(100.0 * float(v.mean()), 2)} for k, v in correct.items()}
+        for k, v in correct.items():
+            if k.startswith("edgecnn"):
+                rows[k]["vs"] = {peer: suite.paired_accuracy(v, correct[peer]) for peer in PEERS}
+        res["instances"][str(seed)] = rows
+    rows = list(next(iter(res["instances"].values())))
+    res["mean_top1"] = {k: round(float(np.mean([i[k]["top1"] for i in res["instances"].values()])), 2) for k in rows}
+    res["pooled"] = {k: {peer: pooled([i[k]["vs"][peer] for i in res["instances"].values()]) for peer in PEERS}
+                     for k in rows if k.startswith("edgecnn")}
+    res["loadavg_end"] = loadavg()
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    from edgecnn.io import write_json, write_text
+
+    write_json(Path(args.out), res)
+    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
+
+
+def pooled(pairs: list[dict]) -> dict:
+    """Paired comparisons of independent instances pooled: discordant images summed, exact McNemar."""
+    b, c, n = (sum(p[k] for p in pairs) for k in ("edgecnn_only", "peer_only", "images"))
+    e = np.zeros(n, bool)
+    q = np.zeros(n, bool)
+    e[:b] = True
+    q[b:b + c] = True
+    return suite.paired_accuracy(e, q)
+
+
+def markdown(res: dict) -> str:
+    seeds = list(res["instances"])
+    rows = list(res["mean_top1"])
+    c = res["cpu"]
+    lines = [f"Measured by `{res['command']}` (git {res['git']}, {res['seconds']:.0f} s; load average "
+             f"{res['loadavg_start']} -> {res['loadavg_end']}; CPU {c.get('model')}, flags {' '.join(c.get('flags', []))}, "
+             f"ONNX Runtime u8s8 kernels saturate: {c.get('ort_u8s8_saturates')}).", "",
+             f"{res['model']}, one instance per training seed; {res['calibration_images']} calibration images; "
+             f"top-1 % on {res['test_images']} test images; in brackets, edgecnn - peer in pp on the same images "
+             f"and its McNemar p, against '{PEERS[0]}' / '{PEERS[1]}'.", "",
+             "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for k in rows:
+        cells = []
+        for s in seeds:
+            r = res["instances"][s][k]
+            vs = " / ".join(f"{v['diff_pp']:+.1f}, p {v['p_value']:.2g}" for v in r.get("vs", {}).values())
+            cells.append(f"{r['top1']:.1f}" + (f" ({vs})" if vs else ""))
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {res['mean_top1'][k]:.2f} |")
+    lines += ["", "Pooled over the instances (discordant images summed; edgecnn - peer, 95% interval, McNemar p):", ""]
+    for k, by_peer in res.get("pooled", {}).items():
+        lines.append(f"- {k}: " + "; ".join(
+            f"vs {peer}: {v['diff_pp']:+.2f} pp ({v['diff_ci95_pp'][0]:+.2f} to {v['diff_ci95_pp'][1]:+.2f}; "
+            f"{v['edgecnn_only']} images only edgecnn gets right, {v['peer_only']} only the peer; p {v['p_value']:.2g})"
+            for peer, v in by_peer.items()))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
