@@ -20,7 +20,7 @@ side gets right, exact McNemar p); over instances: the mean top-1, and the paire
     PYTHONPATH=. python benchmarks/quantize_seeds.py --model mobilenet_v2 --seeds 0 1 2 \
         --out benchmarks/results/quantize_seeds_mobilenet_v2.json
 
-Each instance takes ~4-6 minutes on 2 cores (training, adapting, two PTQs, two quantize_static).
+Each instance takes ~4-6 minutes on 2 cores (training, adapting, one PTQ per row, two quantize_static).
 """
 from __future__ import annotations
 
@@ -53,13 +53,10 @@ def log(msg: str) -> None:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """'observer=mse,bias_correction=false' -> (label, QuantizeConfig fields)."""
-    fields = {}
-    for part in text.split(","):
-        k, _, v = part.partition("=")
-        low = v.strip().lower()
-        fields[k.strip()] = (int(low) if low.isdigit() else {"true": True, "false": False, "null": None}.get(low, v.strip()))
-    return text, fields
+    """'observer=mse,bias_correction=false' -> (label, QuantizeConfig fields); values as YAML reads them."""
+    import yaml
+
+    return text, {k.strip(): yaml.safe_load(v) for k, _, v in (part.partition("=") for part in text.split(","))}
 
 
 def instance(model_name: str, seed: int, data32, data224, x: np.ndarray, y: np.ndarray,
@@ -107,8 +104,9 @@ def main() -> None:
     res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git()["commit"][:12], "versions": versions(),
            "cpu": cpu(), "loadavg_start": loadavg(), "model": f"torchvision {args.model}, suite 224 mode",
            "calibration_images": CAL, "test_images": len(y), "instances": {}}
+    variants = [parse_variant(v) for v in args.variants]
     for seed in args.seeds:
-        correct = instance(args.model, seed, data32, data224, x, y, [parse_variant(v) for v in args.variants])
+        correct = instance(args.model, seed, data32, data224, x, y, variants)
         rows = {k: {"top1": round(100.0 * float(v.mean()), 2)} for k, v in correct.items()}
         for k, v in correct.items():
             if k.startswith("edgecnn"):
@@ -128,12 +126,8 @@ def main() -> None:
 
 def pooled(pairs: list[dict]) -> dict:
     """Paired comparisons of independent instances pooled: discordant images summed, exact McNemar."""
-    b, c, n = (sum(p[k] for p in pairs) for k in ("edgecnn_only", "peer_only", "images"))
-    e = np.zeros(n, bool)
-    q = np.zeros(n, bool)
-    e[:b] = True
-    q[b:b + c] = True
-    return suite.paired_accuracy(e, q)
+    n, b, c = (sum(p[k] for p in pairs) for k in ("images", "edgecnn_only", "peer_only"))
+    return suite.paired_counts(n, b, c)
 
 
 def markdown(res: dict) -> str:

@@ -722,7 +722,11 @@ def paired_accuracy(e_correct: np.ndarray, p_correct: np.ndarray) -> dict[str, A
     models), and a 95% interval of the top-1 difference edgecnn - peer (pp, normal approximation of
     the paired difference)."""
     e, p = np.asarray(e_correct, bool), np.asarray(p_correct, bool)
-    n, b, c = len(e), int((e & ~p).sum()), int((~e & p).sum())
+    return paired_counts(len(e), int((e & ~p).sum()), int((~e & p).sum()))
+
+
+def paired_counts(n: int, b: int, c: int) -> dict[str, Any]:
+    """`paired_accuracy` from its counts: n images, b only edgecnn gets right, c only the peer."""
     m = b + c
     p_value = min(1.0, 2 * sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2 ** m) if m else 1.0
     d = (b - c) / n
