@@ -118,10 +118,42 @@ def cpu_info():
             "avx512_vnni": "avx512_vnni" in flags, "amx": "amx_int8" in flags}
 
 
+# One QLinearConv, u8 input 255 x s8 weights 127 over 4 channels, output scale 1000: 4 x 255 x 127 =
+# 129,540 -> 130 when ONNX Runtime adds the products exactly, 2 x 32,767 -> 66 when its x64 u8s8
+# kernels without VNNI add pairs in int16 and saturate. Serialized here (226 bytes) so a device needs
+# no onnx package; tests/bench/test_measure.py rebuilds it with onnx.helper and checks these bytes.
+_U8S8_PROBE = ("CAkSADrVAQouCgF4CgJ4cwoCeHoKAXcKAndzCgJ3egoCeXMKAnl6EgF5IgtRTGluZWFyQ29udhIFcHJvYmUqDBABQgJ4"
+               "c0oEAACAPyoJEAJCAnh6SgEAKhMIAQgECAEIARADQgF3SgR/f39/Kg4IARABQgJ3c0oEAACAPyoLCAEQA0ICd3pKAQAq"
+               "DBABQgJ5c0oEAAB6RCoJEAJCAnl6SgEAWhsKAXgSFgoUCAISEAoCCAEKAggECgIIAQoCCAFiGwoBeRIWChQIAhIQCgII"
+               "AQoCCAEKAggBCgIIAUIECgAQEQ==")
+
+
+def ort_u8s8_saturates():
+    """Whether this machine's ONNX Runtime adds u8 x s8 products in saturating int16 pairs (x64
+    kernels without VNNI), which makes u8s8 int8 models inexact here; see
+    `edgecnn.export.lowering` ('onnxruntime-exact')."""
+    import base64
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(base64.b64decode(_U8S8_PROBE), so, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": np.full((1, 4, 1, 1), 255, np.uint8)})[0]
+    return int(y.reshape(-1)[0]) != 130
+
+
 def environment(runtimes=None, threads=None, load=False):
-    return {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "cpu": cpu_info(), "runtimes": runtime_versions(runtimes, load),
-            "threads": threads}
+    found = runtime_versions(runtimes, load)
+    env = {"hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+           "numpy": np.__version__, "cpu": cpu_info(), "runtimes": found, "threads": threads}
+    if (found.get("onnxruntime") or {}).get("module") == "onnxruntime":
+        try:   # recorded with the CPU: it decides whether an 'onnxruntime' (u8s8) lowering is exact here
+            env["cpu"]["ort_u8s8_saturates"] = ort_u8s8_saturates()
+        except Exception as e:  # a build without the CPU provider, or a broken install
+            env["cpu"]["ort_u8s8_saturates"] = "probe failed: %s" % (str(e).splitlines() or [type(e).__name__])[0]
+    return env
 
 
 # --------------------------------------------------------------------------- memory

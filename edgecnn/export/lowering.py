@@ -458,20 +458,11 @@ def ort_session(model: str | Path | bytes, threads: int | None = 1, optimized_pa
 def ort_u8s8_saturates() -> bool:
     """Whether this machine's ONNX Runtime adds u8 x s8 products in int16 pairs (x64 kernels without
     VNNI): a 1x1 QLinearConv over 4 channels of 255 x 127 gives 4 x 255 x 127 = 129,540 exactly, or
-    2 x 32,767 when the pairs saturate."""
-    from onnx import TensorProto, helper, numpy_helper
+    2 x 32,767 when the pairs saturate. The probe lives in the measurement agent, which records it
+    on every device it measures on."""
+    from edgecnn.bench.agent import ort_u8s8_saturates as probe
 
-    c = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8), "w": np.full((1, 4, 1, 1), 127, np.int8),
-         "ws": np.array([1.0], np.float32), "wz": np.array([0], np.int8), "ys": np.array(1000.0, np.float32),
-         "yz": np.array(0, np.uint8)}
-    graph = helper.make_graph([helper.make_node("QLinearConv", ["x", *c], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4, 1, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 1, 1])],
-                              [numpy_helper.from_array(v, k) for k, v in c.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    y = ort_session(model.SerializeToString()).run(None, {"x": np.full((1, 4, 1, 1), 255, np.uint8)})[0]
-    return int(y.reshape(-1)[0]) != round(4 * 255 * 127 / 1000)
+    return probe()
 
 
 def ort_fused_ops(model: str | Path | bytes, threads: int | None = 1) -> dict[str, int]:

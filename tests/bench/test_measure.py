@@ -149,5 +149,28 @@ def test_measure_config_validation_names_the_key(kwargs, key):
 def test_environment_reports_cpu_flags_and_runtimes():
     env = agent.environment(["onnxruntime", "torch"])
     assert env["cpu"]["model"] and isinstance(env["cpu"]["flags"], list)
+    assert isinstance(env["cpu"]["ort_u8s8_saturates"], bool)     # the probe ran, it did not fail
+    assert "ort_u8s8_saturates" not in agent.environment(["torch"])["cpu"]
     assert set(env["cpu"]) >= {"avx512_vnni", "amx", "logical_cpus"}
     assert env["runtimes"]["torch"]["version"] == torch.__version__.split("+")[0]
+
+
+def test_u8s8_probe_bytes_are_the_documented_model():
+    """The agent carries its probe serialized (a device has no onnx package): rebuild it and compare."""
+    import base64
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8), "w": np.full((1, 4, 1, 1), 127, np.int8),
+         "ws": np.array([1.0], np.float32), "wz": np.array([0], np.int8), "ys": np.array(1000.0, np.float32),
+         "yz": np.array(0, np.uint8)}
+    graph = helper.make_graph([helper.make_node("QLinearConv", ["x", *c], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 1, 1, 1])],
+                              [numpy_helper.from_array(v, k) for k, v in c.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="")
+    model.ir_version = 9
+    embedded = base64.b64decode(agent._U8S8_PROBE)
+    assert embedded == model.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(embedded))
