@@ -24,7 +24,6 @@ graph and the largest logit difference from it; then 1-thread batch-1 latency of
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
 import sys
 import tempfile
@@ -65,13 +64,9 @@ def scores(logits: np.ndarray, y: np.ndarray, ref: np.ndarray, fq: np.ndarray | 
 
 
 def ptq(model, data, weight_bits: int = 8, **fields):
-    """edgecnn PTQ (QuantizeConfig defaults and `fields`) on the first CAL calibration images."""
-    from edgecnn.compress.calibration import load_calibration
-
-    Q = importlib.import_module("edgecnn.compress.quantize")   # the module (edgecnn.compress.quantize is also a function)
-    cfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, weight_bits=weight_bits, **fields)
-    calib = load_calibration(data, CAL, None, batch_size=32)
-    return Q._mark_eval(Q._ptq(Q.export_graph(model, calib.batches[0]), cfg, calib.batches))
+    """edgecnn PTQ (QuantizeConfig defaults and `fields`) on the first CAL calibration images: the
+    converted graph of `quantize()`, whose own test evaluation is cut to 32 images."""
+    return suite.quantize_edgecnn(model, data, CAL, test_limit=32, weight_bits=weight_bits, **fields).model
 
 
 def latency(paths: dict[str, Path], x1: np.ndarray, runs: int, warmup: int = 10) -> dict[str, dict]:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
 from ort_saturation import ort_logits, ptq  # noqa: E402
 from quantize_224 import CAL, load_data, run_torch  # noqa: E402
-from run import cpu, git, loadavg, versions  # noqa: E402
+from run import cpu, cpu_line, git, loadavg, versions  # noqa: E402
 from suite import SuiteConfig  # noqa: E402
 
 PEERS = ("ORT QOperator u8s8 reduce_range", "ORT QOperator u8s8")
@@ -133,10 +133,8 @@ def pooled(pairs: list[dict]) -> dict:
 def markdown(res: dict) -> str:
     seeds = list(res["instances"])
     rows = list(res["mean_top1"])
-    c = res["cpu"]
     lines = [f"Measured by `{res['command']}` (git {res['git']}, {res['seconds']:.0f} s; load average "
-             f"{res['loadavg_start']} -> {res['loadavg_end']}; CPU {c.get('model')}, flags {' '.join(c.get('flags', []))}, "
-             f"ONNX Runtime u8s8 kernels saturate: {c.get('ort_u8s8_saturates')}).", "",
+             f"{res['loadavg_start']} -> {res['loadavg_end']}; {cpu_line(res['cpu'])}).", "",
              f"{res['model']}, one instance per training seed; {res['calibration_images']} calibration images; "
              f"top-1 % on {res['test_images']} test images; in brackets, edgecnn - peer in pp on the same images "
              f"and its McNemar p, against '{PEERS[0]}' / '{PEERS[1]}'.", "",

@@ -157,6 +157,12 @@ def scheduling() -> dict[str, Any]:
     return out
 
 
+def cpu_line(c: dict[str, Any]) -> str:
+    """`cpu()` in one sentence, for a results Markdown header."""
+    return (f"CPU {c.get('model')}, flags {' '.join(c.get('flags', []))}, "
+            f"ONNX Runtime u8s8 kernels saturate: {c.get('ort_u8s8_saturates')}")
+
+
 def loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]

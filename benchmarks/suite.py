@@ -256,8 +256,8 @@ def prune_torch_pruning(model, data, cfg: SuiteConfig):
                                       "classifier ignored) + cross-entropy fine-tune, same epochs and lr"}
 
 
-def quantize_edgecnn(model, data, n: int, test_limit: int | None = None):
-    """edgecnn PTQ with its defaults (histogram observer, per-channel), `n` calibration images.
+def quantize_edgecnn(model, data, n: int, test_limit: int | None = None, **fields):
+    """edgecnn PTQ with its defaults (or QuantizeConfig `fields`), `n` calibration images.
 
     `quantize` reports fp32 and fake-quant top-1 on the whole test split; at 224 px that is 2,000
     forward passes (the fake-quant ones slow), so `test_limit` gives it a view with fewer test images.
@@ -270,7 +270,7 @@ def quantize_edgecnn(model, data, n: int, test_limit: int | None = None):
         data = dataclasses.replace(data, splits={**data.splits, "test": Split(t.images[:test_limit],
                                                                              t.labels[:test_limit],
                                                                              t.indices[:test_limit])})
-    return quantize(model, QuantizeConfig(calibration_samples=n, calibration_batch_size=32), data)
+    return quantize(model, QuantizeConfig(calibration_samples=n, calibration_batch_size=32, **fields), data)
 
 
 def _top1(model, x: torch.Tensor, y: torch.Tensor) -> float:

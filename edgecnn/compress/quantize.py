@@ -87,7 +87,7 @@ from edgecnn.train import TrainConfig
 __all__ = ["QuantizeConfig", "QuantizeResult", "quantize", "quantize_stage", "save_quantized",
            "load_quantized", "quantizable_layers", "ACTIVATION_OBSERVERS"]
 
-Observer = Literal["minmax", "moving_average", "histogram", "percentile", "mse"]
+Observer = Literal["minmax", "moving_average", "histogram", "percentile", "mse", "auto"]
 _CONV_LINEAR = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.linear")
 _BN_TARGETS = ("aten.batch_norm.default", "aten._native_batch_norm_legit.default",
                "aten.cudnn_batch_norm.default")
@@ -104,7 +104,9 @@ class QuantizeConfig:
     per_channel: bool = True                # weights: symmetric int8 per output channel; false: per tensor
     weight_bits: Literal[8, 7] = 8          # 7: weights in [-64, 64] (ONNX Runtime's reduce_range), which its x64
     # u8s8 kernels without VNNI add in int16 without saturating (export/lowering.py, uint8_weights)
-    observer: Observer | None = None        # activation range observer; null: histogram (PTQ), moving_average (QAT)
+    observer: Observer | None = None        # activation range observer; null: histogram (PTQ), moving_average (QAT);
+    # auto (PTQ): calibrate with each of observer_candidates, keep the one the val images favour
+    observer_candidates: list[str] = field(default_factory=lambda: ["histogram", "minmax"])   # for observer: auto
     percentile: float = 99.99               # observer 'percentile' only: clip range, percent of values kept
     calibration_samples: int = 256          # images that set activation ranges (PTQ; QAT initial ranges)
     calibration: str | None = None          # manifest under calibration/ (or a path); null: data's calibration split
@@ -140,6 +142,9 @@ class QuantizeConfig:
               f"{self.max_accuracy_drop} must be >= 0 percentage points")
         check(self.fallback_candidates >= 1, "fallback_candidates", "must be >= 1")
         check(self.sensitivity_samples >= 1, "sensitivity_samples", "must be >= 1")
+        bad = [c for c in self.observer_candidates if c == "auto" or c not in ACTIVATION_OBSERVERS.names()]
+        check(not bad and len(self.observer_candidates) >= 1, "observer_candidates",
+              f"{bad or '[]'}: list one or more of {', '.join(ACTIVATION_OBSERVERS.names())}")
         if self.mode == "qat":
             check(self.observer in (None, "minmax", "moving_average"), "observer",
                   f"'{self.observer}' is a PTQ calibration observer; QAT needs one its fake quantizers can "
@@ -762,6 +767,32 @@ def _score(logits: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor) -> tup
     return top1, kl
 
 
+def _choose_observer(graph: torch.fx.GraphModule, cfg: QuantizeConfig, batches: list[torch.Tensor],
+                     float_layers: list[str], val_x: list[torch.Tensor], val_y: torch.Tensor, ref: torch.Tensor,
+                     timings: dict[str, float]) -> tuple[str, torch.fx.GraphModule, list[str], dict[str, Any]]:
+    """observer 'auto': PTQ with each candidate, judged on the val images by how often the int8
+    model's top-1 agrees with the float model's (val top-1, then candidate order, break ties).
+    Returns the chosen name, its quantized graph, the layers it bias-corrected, and the record."""
+    t0 = time.perf_counter()
+    ref_top1 = ref.argmax(1)
+    scores, built = [], {}
+    for i, name in enumerate(cfg.observer_candidates):
+        corrected: list[str] = []
+        q = _mark_eval(_ptq(graph, dataclasses.replace(cfg, observer=name), batches, float_layers, timings, corrected))
+        logits = _logits(q, val_x)
+        top1, kl = _score(logits, val_y, ref)
+        agree = 100.0 * (logits.argmax(1) == ref_top1).float().mean().item()
+        scores.append({"observer": name, "val_agreement": round(agree, 2), "val_top1": round(top1, 2),
+                       "val_kl": round(kl, 6)})
+        built[name] = (q, corrected, (agree, top1, -i))
+    chosen = max(built, key=lambda n: built[n][2])
+    timings["observer_search"] = time.perf_counter() - t0
+    record = {"chosen": chosen, "val_images": len(val_y), "candidates": scores,
+              "rule": "most val images whose int8 top-1 agrees with the float model's; then val top-1; "
+                      "then candidate order"}
+    return chosen, built[chosen][0], built[chosen][1], record
+
+
 def _layer_weights(graph: torch.fx.GraphModule) -> dict[str, int]:
     """Weight element count of each conv/linear layer (module path -> numel), from the exported graph."""
     out: dict[str, int] = {}
@@ -895,6 +926,7 @@ class QuantizeResult:
     kept_float: list[str]                # every module left float (config.float_layers + fallback)
     quantized_layers: list[str]          # conv/linear layers that run in int8
     fallback: dict[str, Any] | None      # the accuracy-aware search record, when it ran
+    observer_search: dict[str, Any] | None   # observer 'auto': each candidate's val figures and the choice
     qat: dict[str, Any] | None           # FitResult.to_dict() of the QAT fine-tuning
     bias_corrected: list[str]
     bn_folded: int                       # batch-norm ops folded into convolutions
@@ -902,12 +934,17 @@ class QuantizeResult:
     seconds: float
 
     @property
+    def observer(self) -> str:
+        """The activation observer the int8 model was calibrated with ('auto' resolved)."""
+        return self.observer_search["chosen"] if self.observer_search else self.config.resolved_observer
+
+    @property
     def accuracy_drop(self) -> float:
         """Top-1 points lost on 'test' (positive: int8 is worse)."""
         return round(self.float_test["top1"] - self.int8_test["top1"], 2)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": to_dict(self.config), "observer": self.config.resolved_observer,
+        return {"config": to_dict(self.config), "observer": self.observer, "observer_search": self.observer_search,
                 "quantizer": "litert_torch PT2EQuantizer (symmetric int8 weights, int8 activations)",
                 "float_test": self.float_test, "int8_test": self.int8_test, "accuracy_drop": self.accuracy_drop,
                 "calibration": self.calibration, "float_layers": self.float_layers,
@@ -946,20 +983,28 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     float_test = evaluate(float_model, data, "test")
     timings["evaluate"] = time.perf_counter() - t
 
-    fallback = None
+    fallback = observer_search = qmodel = None
     kept = list(config.float_layers)
-    if config.max_accuracy_drop is not None:
+    bias_corrected: list[str] = []
+    run_config = config      # with observer 'auto' resolved
+    if config.max_accuracy_drop is not None or config.observer == "auto":
         val_x, val_y = data.tensors("val", limit=config.sensitivity_samples)
         val_x = list(val_x.split(256))
         ref = _logits(float_model, val_x)
-        float_top1, _ = _score(ref, val_y, ref)
-        fallback = _search_float_layers(graph, config, calib.batches, val_x, val_y, ref, float_top1, timings)
-        kept = fallback.get("kept_float", kept)
+        if config.observer == "auto":
+            chosen, qmodel, bias_corrected, observer_search = _choose_observer(
+                graph, config, calib.batches, kept, val_x, val_y, ref, timings)
+            run_config = dataclasses.replace(config, observer=chosen)
+        if config.max_accuracy_drop is not None:
+            float_top1, _ = _score(ref, val_y, ref)
+            fallback = _search_float_layers(graph, run_config, calib.batches, val_x, val_y, ref, float_top1, timings)
+            if fallback.get("kept_float", kept) != kept:
+                kept, qmodel = fallback["kept_float"], None
 
-    bias_corrected: list[str] = []
     qat_record = None
     if config.mode == "ptq":
-        qmodel = _ptq(graph, config, calib.batches, kept, timings, bias_corrected)
+        if qmodel is None:
+            qmodel = _ptq(graph, run_config, calib.batches, kept, timings, bias_corrected)
     else:
         qmodel, qat_record = _qat(model, config, data, calib.batches, kept, seed, timings)
 
@@ -972,7 +1017,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     return QuantizeResult(
         model=qmodel, config=config, float_test=float_test, int8_test=int8_test, calibration=calib.info,
         float_layers=(fallback or {}).get("float_layers", []), kept_float=kept,
-        quantized_layers=_quantized_layers(qmodel), fallback=fallback, qat=qat_record,
+        quantized_layers=_quantized_layers(qmodel), fallback=fallback, observer_search=observer_search, qat=qat_record,
         bias_corrected=bias_corrected, bn_folded=bn_before - bn_after, timings=timings,
         seconds=time.perf_counter() - t_start)
 

@@ -68,6 +68,31 @@ def test_every_observer_quantizes(trained, digits, observer):
     assert res.accuracy_drop <= 3.0, (observer, res.int8_test)
 
 
+def test_auto_observer_keeps_the_candidate_that_agrees_with_float_on_most_val_images(trained, digits):
+    cands = ["percentile", "histogram", "minmax"]
+    res = quantize(trained, QuantizeConfig(observer="auto", observer_candidates=cands, **FAST), digits)
+    search = res.observer_search
+    assert [c["observer"] for c in search["candidates"]] == cands
+    assert search["val_images"] == len(digits.splits["val"])
+    # each candidate's figures are those of a plain PTQ with that observer, on the same val images
+    vx, _ = digits.tensors("val")
+    with torch.no_grad():
+        ref = trained.eval()(vx).argmax(1)
+        for c in search["candidates"]:
+            alone = quantize(trained, QuantizeConfig(observer=c["observer"], **FAST), digits)
+            agree = 100.0 * (alone.model(vx).argmax(1) == ref).float().mean().item()
+            assert c["val_agreement"] == pytest.approx(agree, abs=0.01), c
+    best = max(range(len(cands)), key=lambda i: (search["candidates"][i]["val_agreement"],
+                                                 search["candidates"][i]["val_top1"], -i))
+    assert search["chosen"] == cands[best] == res.observer == res.to_dict()["observer"]
+    # the model returned is the chosen candidate's PTQ, bias correction included
+    chosen = quantize(trained, QuantizeConfig(observer=search["chosen"], **FAST), digits)
+    with torch.no_grad():
+        assert torch.equal(res.model(vx), chosen.model(vx))
+    assert res.bias_corrected == chosen.bias_corrected and res.int8_test == chosen.int8_test
+    json.dumps(res.to_dict())
+
+
 def test_per_tensor_with_bias_correction(trained, digits):
     res = quantize(trained, QuantizeConfig(per_channel=False, bias_correction=True, **FAST), digits)
     assert set(res.bias_corrected) == set(quantizable_layers(export_graph(trained, digits.example_input(2))))
@@ -105,6 +130,12 @@ def test_config_errors_name_the_key():
         from_dict(QuantizeConfig, {"mode": "qat", "bias_correction": True}, "quantize")
     with pytest.raises(RecipeError, match="max_accuracy_drop"):
         from_dict(QuantizeConfig, {"max_accuracy_drop": -1}, "quantize")
+    with pytest.raises(RecipeError, match="observer_candidates.*'auto'.*list one or more of"):
+        from_dict(QuantizeConfig, {"observer": "auto", "observer_candidates": ["auto", "minmax"]}, "quantize")
+    with pytest.raises(RecipeError, match="observer_candidates"):
+        from_dict(QuantizeConfig, {"observer_candidates": []}, "quantize")
+    with pytest.raises(RecipeError, match="observer.*PTQ calibration observer"):
+        from_dict(QuantizeConfig, {"mode": "qat", "observer": "auto"}, "quantize")
     cfg = from_dict(QuantizeConfig, {"mode": "qat", "train": {"epochs": 1}}, "quantize")
     assert cfg.train.epochs == 1 and cfg.resolved_observer == "moving_average"
 
