@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
-from ort_saturation import ort_logits, ptq  # noqa: E402
+from ort_saturation import ort_logits  # noqa: E402
 from quantize_224 import CAL, load_data, run_torch  # noqa: E402
 from run import cpu, cpu_line, git, loadavg, versions  # noqa: E402
 from suite import SuiteConfig  # noqa: E402
@@ -69,12 +69,15 @@ def instance(model_name: str, seed: int, data32, data224, x: np.ndarray, y: np.n
     model.eval()
     build_s = time.perf_counter() - t
     correct = {"float": run_torch(model, torch.from_numpy(x)).argmax(1) == y}
+    chosen: dict[str, dict] = {}
     example = data224.example_input(1)
     with tempfile.TemporaryDirectory(prefix="qseeds_") as tmp:
         work = Path(tmp)
         for i, (label, fields) in enumerate([("defaults", {}), *variants]):
-            qm = ptq(model, data224, **fields)
-            raw = suite.export_onnx(qm, example, work / f"v{i}.onnx", "int8")
+            q = suite.quantize_edgecnn(model, data224, CAL, test_limit=32, **fields)
+            if q.observer_search:    # observer 'auto': what it chose on this instance, from which val figures
+                chosen[f"edgecnn PTQ, {label}"] = q.observer_search
+            raw = suite.export_onnx(q.model, example, work / f"v{i}.onnx", "int8")
             path, _ = suite.lowered_onnx(raw, work / f"v{i}_ort.onnx", "onnxruntime")
             correct[f"edgecnn PTQ, {label}"] = ort_logits(path, x).argmax(1) == y
         fp32 = suite.export_onnx(model, example, work / "fp32.onnx", "fp32")
@@ -83,7 +86,7 @@ def instance(model_name: str, seed: int, data32, data224, x: np.ndarray, y: np.n
             p = suite.ort_quantize_static(fp32, x_cal, work, ("QOperator", "u8", "s8", rr))
             correct["ORT QOperator u8s8" + (" reduce_range" if rr else "")] = ort_logits(p, x).argmax(1) == y
     log(f"  seed {seed} ({build_s:.0f} s to build): " + "; ".join(f"{k} {100 * v.mean():.1f}" for k, v in correct.items()))
-    return correct
+    return correct, chosen
 
 
 def main() -> None:
@@ -106,8 +109,10 @@ def main() -> None:
            "calibration_images": CAL, "test_images": len(y), "instances": {}}
     variants = [parse_variant(v) for v in args.variants]
     for seed in args.seeds:
-        correct = instance(args.model, seed, data32, data224, x, y, variants)
+        correct, chosen = instance(args.model, seed, data32, data224, x, y, variants)
         rows = {k: {"top1": round(100.0 * float(v.mean()), 2)} for k, v in correct.items()}
+        for k, search in chosen.items():
+            rows[k]["observer_search"] = search
         for k, v in correct.items():
             if k.startswith("edgecnn"):
                 rows[k]["vs"] = {peer: suite.paired_accuracy(v, correct[peer]) for peer in PEERS}
@@ -145,8 +150,12 @@ def markdown(res: dict) -> str:
         for s in seeds:
             r = res["instances"][s][k]
             vs = " / ".join(f"{v['diff_pp']:+.1f}, p {v['p_value']:.2g}" for v in r.get("vs", {}).values())
-            cells.append(f"{r['top1']:.1f}" + (f" ({vs})" if vs else ""))
+            picked = f" [{r['observer_search']['chosen']}]" if r.get("observer_search") else ""
+            cells.append(f"{r['top1']:.1f}{picked}" + (f" ({vs})" if vs else ""))
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {res['mean_top1'][k]:.2f} |")
+    if any(r.get("observer_search") for i in res["instances"].values() for r in i.values()):
+        lines += ["", "In square brackets: the observer 'auto' kept on that instance (most val images whose int8 "
+                  "top-1 agrees with the float model's)."]
     lines += ["", "Pooled over the instances (discordant images summed; edgecnn - peer, 95% interval, McNemar p):", ""]
     for k, by_peer in res.get("pooled", {}).items():
         lines.append(f"- {k}: " + "; ".join(
