@@ -50,7 +50,7 @@ def artifacts(model, data, fields: dict, work: Path, tag: str) -> dict[str, str]
 
     Q = importlib.import_module("edgecnn.compress.quantize")
     calib = load_calibration(data, CAL, None, batch_size=32)
-    cfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, **fields)
+    cfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, **{"observer": "histogram", **fields})
     qm = Q._mark_eval(Q._ptq(Q.export_graph(model, calib.batches[0]), cfg, calib.batches))
     raw = suite.export_onnx(qm, data.example_input(1), work / f"{tag}.onnx", "int8")
     ort_path, _ = suite.lowered_onnx(raw, work / f"{tag}_ort.onnx", "onnxruntime")

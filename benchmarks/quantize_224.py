@@ -134,7 +134,8 @@ def edgecnn_rows(name: str, model, data, cfg_fields: dict, x, y, ref, work: Path
     from edgecnn.compress.calibration import load_calibration
 
     Q = importlib.import_module("edgecnn.compress.quantize")   # the module (edgecnn.compress.quantize is also a function)
-    qcfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, **cfg_fields)
+    # one observer per row (histogram unless cfg_fields names one): 'auto' is a choice quantize() makes
+    qcfg = Q.QuantizeConfig(calibration_samples=CAL, calibration_batch_size=32, **{"observer": "histogram", **cfg_fields})
     calib = load_calibration(data, CAL, None, batch_size=32)
     t = time.perf_counter()
     graph = Q.export_graph(model, calib.batches[0])

@@ -49,6 +49,14 @@ what every runtime's own int8 weight quantizer does):
 | histogram | HistogramObserver (litert's default) | refused | torch's approximate L2 search over a histogram |
 | percentile | PercentileObserver (here) | refused | clip at the p-th / (100-p)-th percentile |
 | mse | MSEObserver (here) | refused | grid search for the range with least expected squared error |
+| auto (PTQ default) | each of `observer_candidates` | refused | the candidate whose int8 model agrees with float on most val images |
+
+'auto' (the PTQ default; `observer_candidates` default histogram, minmax) calibrates once per
+candidate on the same images and keeps the one whose int8 model's top-1 agrees with the float
+model's on most of `sensitivity_samples` val images (ties: val top-1, then candidate order). Neither
+observer wins everywhere: over three 224-px instances per model (benchmarks/quantize_seeds.py), the
+histogram observer was 3.4 points better than min/max on one mobilenet_v2 and 1.9 worse on another,
+and min/max was better on resnet18. Its cost is one more calibration and two val passes.
 
 Accuracy-aware fallback (`max_accuracy_drop`): when all-int8 PTQ loses more val top-1 than the
 budget, every conv/linear layer is ranked by leave-one-out sensitivity (PTQ of everything except
@@ -104,9 +112,9 @@ class QuantizeConfig:
     per_channel: bool = True                # weights: symmetric int8 per output channel; false: per tensor
     weight_bits: Literal[8, 7] = 8          # 7: weights in [-64, 64] (ONNX Runtime's reduce_range), which its x64
     # u8s8 kernels without VNNI add in int16 without saturating (export/lowering.py, uint8_weights)
-    observer: Observer | None = None        # activation range observer; null: histogram (PTQ), moving_average (QAT);
-    # auto (PTQ): calibrate with each of observer_candidates, keep the one the val images favour
-    observer_candidates: list[str] = field(default_factory=lambda: ["histogram", "minmax"])   # for observer: auto
+    observer: Observer | None = None        # activation range observer; null: auto (PTQ), moving_average (QAT).
+    # auto: calibrate with each of observer_candidates, keep the one whose int8 top-1 agrees with float on most val images
+    observer_candidates: list[str] = field(default_factory=lambda: ["histogram", "minmax"])   # observer auto's choice
     percentile: float = 99.99               # observer 'percentile' only: clip range, percent of values kept
     calibration_samples: int = 256          # images that set activation ranges (PTQ; QAT initial ranges)
     calibration: str | None = None          # manifest under calibration/ (or a path); null: data's calibration split
@@ -158,7 +166,7 @@ class QuantizeConfig:
 
     @property
     def resolved_observer(self) -> str:
-        return self.observer or ("moving_average" if self.mode == "qat" else "histogram")
+        return self.observer or ("moving_average" if self.mode == "qat" else "auto")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +272,9 @@ def quantization_config(cfg: QuantizeConfig):
     from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
 
     base = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_qat=cfg.mode == "qat")
+    if cfg.resolved_observer == "auto":   # a choice among candidates, made by quantize() on val images
+        raise EdgecnnError("quantize.observer 'auto' is resolved by quantize(), which calibrates each of "
+                           "observer_candidates; name one observer to build a single quantizer")
     ctor = ACTIVATION_OBSERVERS.get(cfg.resolved_observer, key="quantize.observer")(cfg)
     act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=ctor)
     weight = base.weight
@@ -987,11 +998,12 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     kept = list(config.float_layers)
     bias_corrected: list[str] = []
     run_config = config      # with observer 'auto' resolved
-    if config.max_accuracy_drop is not None or config.observer == "auto":
+    auto = config.mode == "ptq" and config.resolved_observer == "auto"
+    if config.max_accuracy_drop is not None or auto:
         val_x, val_y = data.tensors("val", limit=config.sensitivity_samples)
         val_x = list(val_x.split(256))
         ref = _logits(float_model, val_x)
-        if config.observer == "auto":
+        if auto:
             chosen, qmodel, bias_corrected, observer_search = _choose_observer(
                 graph, config, calib.batches, kept, val_x, val_y, ref, timings)
             run_config = dataclasses.replace(config, observer=chosen)

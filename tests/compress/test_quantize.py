@@ -59,7 +59,10 @@ def test_ptq_accuracy_within_bound_and_input_untouched(trained, digits):
     assert not trained.training
     d = res.to_dict()
     json.dumps(d)
-    assert d["observer"] == "histogram" and d["accuracy_drop"] == res.accuracy_drop
+    assert d["accuracy_drop"] == res.accuracy_drop
+    # PTQ's default observer is 'auto': one calibration per candidate, the choice recorded
+    assert d["config"]["observer"] is None and d["observer"] == d["observer_search"]["chosen"]
+    assert [c["observer"] for c in d["observer_search"]["candidates"]] == ["histogram", "minmax"]
 
 
 @pytest.mark.parametrize("observer", ACTIVATION_OBSERVERS.names())
@@ -136,6 +139,9 @@ def test_config_errors_name_the_key():
         from_dict(QuantizeConfig, {"observer_candidates": []}, "quantize")
     with pytest.raises(RecipeError, match="observer.*PTQ calibration observer"):
         from_dict(QuantizeConfig, {"mode": "qat", "observer": "auto"}, "quantize")
+    from edgecnn.compress.quantize import make_quantizer
+    with pytest.raises(EdgecnnError, match="'auto' is resolved by quantize"):
+        make_quantizer(QuantizeConfig())          # a single quantizer needs one observer
     cfg = from_dict(QuantizeConfig, {"mode": "qat", "train": {"epochs": 1}}, "quantize")
     assert cfg.train.epochs == 1 and cfg.resolved_observer == "moving_average"
 
@@ -410,7 +416,7 @@ def test_relu6_output_is_observed_after_the_clamp():
         ref = model(x)
     out = {}
     for clamped in (True, False):
-        cfg = QuantizeConfig(clamped_outputs=clamped, bias_correction=False, calibration_samples=64)
+        cfg = QuantizeConfig(observer="histogram", clamped_outputs=clamped, bias_correction=False, calibration_samples=64)
         q = Q._ptq(graph, cfg, batches)
         with torch.no_grad():
             err = (q(x) - ref).pow(2).mean() / ref.pow(2).mean()
@@ -437,7 +443,7 @@ def test_clamped_outputs_changes_only_graphs_with_relu6(source):
     graph = export_graph(model, x)
     seen = {}
     for clamped in (True, False):
-        q = Q._ptq(graph, QuantizeConfig(clamped_outputs=clamped, bias_correction=False), [x])
+        q = Q._ptq(graph, QuantizeConfig(observer="histogram", clamped_outputs=clamped, bias_correction=False), [x])
         ops = [(str(n.target), tuple(getattr(a, "name", a) for a in n.args if isinstance(a, torch.fx.Node)))
                for n in q.graph.nodes]
         with torch.no_grad():

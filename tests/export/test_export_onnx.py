@@ -60,7 +60,7 @@ def test_int8_relu6_clamp_folds_into_the_conv(tmp_path):
     with torch.no_grad():
         model.conv1.weight.mul_(10.0)
     batches = [torch.randn(16, 3, 8, 8) for _ in range(2)]
-    qm = Q._mark_eval(Q._ptq(Q.export_graph(model, batches[0]), Q.QuantizeConfig(bias_correction=False), batches))
+    qm = Q._mark_eval(Q._ptq(Q.export_graph(model, batches[0]), Q.QuantizeConfig(observer="histogram", bias_correction=False), batches))
     x = torch.randn(8, 3, 8, 8)
     art = export_model("onnx", qm, x[:1], tmp_path / "q.onnx", ExportConfig(formats=["onnx"], verify_samples=8),
                        precision="int8", verify_inputs=x.numpy())
