@@ -3,7 +3,8 @@
 Input: mnist5k at 1x32x32 (grayscale, bilinear-resized from 28x28) for the torchvision models, so
 each trains in about a minute or two on 2 CPU cores; bn_cnn at its native 1x28x28 with the default
 `TrainConfig()` (8 epochs). Every model starts from random init (no downloaded weights).
-PTQ: the default QuantizeConfig (histogram observer, per-channel weights, 256 calibration images).
+PTQ: the default QuantizeConfig (per-channel weights, 256 calibration images; observer 'auto' since
+6ff89ff, the histogram observer before, which is what the committed results used).
 QAT: the default QAT settings (3 epochs at lr 3e-4, KD from the float model, BN and observers frozen
 after 2 epochs) unless --qat-epochs says otherwise.
 PTQ is also run with bias correction on (--no-bias-correction skips it).

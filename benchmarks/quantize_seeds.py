@@ -6,8 +6,8 @@ be luck. This script builds `--seeds` instances (`suite.train` + `suite.adapt_22
 changed; the data, its splits and the calibration images stay those of seed 0) and scores, on the
 same `--test` test images of each:
 
-- edgecnn PTQ (QuantizeConfig defaults: histogram observer, per-channel 8-bit weights, bias
-  correction), and with each `--variants` override (default `weight_bits=7`; e.g. `observer=mse`,
+- edgecnn PTQ (QuantizeConfig defaults: observer 'auto' since 6ff89ff, the histogram observer
+  before; per-channel 8-bit weights, bias correction), and with each `--variants` override (default `weight_bits=7`; e.g. `observer=mse`,
   `bias_correction=false`), each exported as QDQ ONNX lowered 'onnxruntime' and run in ONNX Runtime
   (what the suite's 'onnxruntime' row runs);
 - ORT `quantize_static` QOperator u8s8 per-channel MinMax, with and without reduce_range (7-bit
