@@ -148,7 +148,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {i} | " + " | ".join(
             f"{rep['pairs'][p]['ratio_median']:.3f} ({rep['pairs'][p]['ci95'][0]:.3f}-{rep['pairs'][p]['ci95'][1]:.3f})"
             for p in res["summary"]) + " |")
-    lines += ["", "| over repeats | median ratio | min | max | interval above 1 | below 1 | holds 1 |",
+    p50 = {k: float(np.median([r["p50_ms"][k] for r in res["repeats"]])) for k in res["repeats"][0]["p50_ms"]}
+    lines += ["", "Median over repeats of each file's median ms: " + "; ".join(f"{k} {v:.3f}" for k, v in p50.items()) + ".",
+              "", "| over repeats | median ratio | min | max | interval above 1 | below 1 | holds 1 |",
               "|---|---|---|---|---|---|---|"]
     for p, s in res["summary"].items():
         lines.append(f"| {p} | {s['ratio_median_over_repeats']:.3f} | {s['ratio_min']:.3f} | {s['ratio_max']:.3f} | "
