@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quantize_224  # noqa: E402
 import suite  # noqa: E402
-from run import git, loadavg, scheduling  # noqa: E402
+from run import git, loadavg, scheduling, write_results  # noqa: E402
 from suite import SuiteConfig  # noqa: E402
 
 CAL = quantize_224.CAL
@@ -138,12 +138,7 @@ def main() -> None:
     for name in args.models:
         log(name)
         res["models"][name] = one_model(name, loads.get(name), args.runs, args.warmup)
-    res["loadavg_end"] = loadavg()
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import write_json, write_text
-
-    write_json(Path(args.out), res)
-    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
+    write_results(res, args.out, markdown, t0)
 
 
 if __name__ == "__main__":

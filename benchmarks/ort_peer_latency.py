@@ -177,7 +177,7 @@ def main() -> None:
         return
 
     from quantize_224 import CAL
-    from run import cpu, git, loadavg, versions
+    from run import cpu, git, loadavg, versions, write_results
 
     t0 = time.perf_counter()
     res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git()["commit"][:12], "versions": versions(),
@@ -199,12 +199,7 @@ def main() -> None:
             res["repeats"].append(json.loads(out.stdout.strip().splitlines()[-1]))
             log(f"repeat {i}: " + "; ".join(f"{p} {v['ratio_median']:.3f}" for p, v in res["repeats"][-1]["pairs"].items()))
     res["summary"] = summarize(res["repeats"])
-    res["loadavg_end"] = loadavg()
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import write_json, write_text
-
-    write_json(Path(args.out), res)
-    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
+    write_results(res, args.out, markdown, t0)
 
 
 if __name__ == "__main__":

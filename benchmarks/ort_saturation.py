@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
 from quantize_224 import CAL, run_torch, setup  # noqa: E402
-from run import git, loadavg, versions  # noqa: E402
+from run import git, loadavg, versions, write_results  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -138,12 +138,7 @@ def main() -> None:
             log(f"  {key}: {rows[key]}")
         res["latency_1t"] = latency(timed, x[:1], args.runs)
         res["latency_runs"] = args.runs
-    res["loadavg_end"] = loadavg()
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import write_json, write_text
-
-    write_json(Path(args.out), res)
-    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
+    write_results(res, args.out, markdown, t0)
 
 
 def markdown(res: dict) -> str:

@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import suite  # noqa: E402
+from run import write_results  # noqa: E402
 from suite import SuiteConfig  # noqa: E402
 
 CAL = 128
@@ -213,11 +214,7 @@ def main() -> None:
             p = suite.ort_quantize_static(fp32, x_cal, work, ("QOperator", "u8", "s8", True))
             res["peers"]["ort_qoperator_u8s8_reduce_range"] = top1_agree(run_file(p, "onnxruntime", x.numpy()), y, ref)
             log(f"  peers: {res['peers']}")
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import write_json, write_text
-
-    write_json(Path(args.out), res)
-    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
+    write_results(res, args.out, markdown, t0)
 
 
 def markdown(res: dict) -> str:

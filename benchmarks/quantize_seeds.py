@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
 from ort_saturation import ort_logits  # noqa: E402
 from quantize_224 import CAL, load_data, run_torch  # noqa: E402
-from run import cpu, cpu_line, git, loadavg, versions  # noqa: E402
+from run import cpu, cpu_line, git, loadavg, versions, write_results  # noqa: E402
 from suite import SuiteConfig  # noqa: E402
 
 PEERS = ("ORT QOperator u8s8 reduce_range", "ORT QOperator u8s8")
@@ -121,12 +121,7 @@ def main() -> None:
     res["mean_top1"] = {k: round(float(np.mean([i[k]["top1"] for i in res["instances"].values()])), 2) for k in rows}
     res["pooled"] = {k: {peer: pooled([i[k]["vs"][peer] for i in res["instances"].values()]) for peer in PEERS}
                      for k in rows if k.startswith("edgecnn")}
-    res["loadavg_end"] = loadavg()
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    from edgecnn.io import write_json, write_text
-
-    write_json(Path(args.out), res)
-    log(write_text(Path(args.out).with_suffix(".md"), markdown(res)).read_text())
+    write_results(res, args.out, markdown, t0)
 
 
 def pooled(pairs: list[dict]) -> dict:

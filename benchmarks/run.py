@@ -35,7 +35,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -168,6 +168,19 @@ def loadavg() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def write_results(res: dict[str, Any], out: str | Path, markdown: Callable[[dict[str, Any]], str],
+                  t0: float) -> None:
+    """End a benchmark script: record the end load average and the seconds since `t0` in `res`, write
+    `out` (JSON) and the Markdown `markdown(res)` beside it (same name, .md; both atomic), print the
+    Markdown."""
+    from edgecnn.io import write_json, write_text
+
+    res["loadavg_end"] = loadavg()
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(Path(out), res)
+    print(write_text(Path(out).with_suffix(".md"), markdown(res)).read_text(), flush=True)
 
 
 # --------------------------------------------------------------------------- the run

@@ -462,7 +462,8 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
     q = step("edgecnn PTQ (PT2E)", lambda: quantize_edgecnn(float_model, data, cal_n, cfg.quantize_test_limit))
     if q is not None:
         info["edgecnn_quantize"] = {"float_test": q.float_test, "int8_test": q.int8_test,
-                                    "test_images": cfg.quantize_test_limit, "seconds": round(q.seconds, 1)}
+                                    "test_images": cfg.quantize_test_limit, "seconds": round(q.seconds, 1),
+                                    "observer": q.observer, "observer_search": q.observer_search}
         raw = step("export int8 ONNX", lambda: export_onnx(q.model, example, work / "edgecnn_int8.onnx", "int8"))
         if raw:
             rows.append(Row("ort/edgecnn-qdq", "edgecnn int8 QDQ, no lowering (int8 activations)", "edgecnn",
@@ -542,6 +543,8 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
             pq = step("edgecnn PTQ of the pruned model",
                       lambda pm=pm: quantize_edgecnn(pm, data, cal_n, cfg.quantize_test_limit))
             if pq is not None:
+                info["edgecnn_quantize_pruned"] = {"float_test": pq.float_test, "int8_test": pq.int8_test,
+                                                   "observer": pq.observer, "observer_search": pq.observer_search}
                 raw = step("export pruned int8 ONNX", lambda: export_onnx(pq.model, example,
                                                                           work / "pruned_edgecnn_int8.onnx", "int8"))
                 if raw:

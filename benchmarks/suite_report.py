@@ -104,6 +104,20 @@ def comparisons(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def observer_sentence(q: dict, pruned: dict | None) -> str:
+    """Which activation observer PTQ used ('auto': chosen on val images, with each candidate's val
+    agreement with the float model); empty for results written before the suite recorded it."""
+    def one(rec: dict) -> str:
+        s = rec.get("observer_search")
+        if not s:
+            return f"observer {rec['observer']}"
+        return (f"observer {s['chosen']} (auto; val agreement with float on {s['val_images']} images: "
+                + ", ".join(f"{c['observer']} {c['val_agreement']}%" for c in s["candidates"]) + ")")
+    if "observer" not in q:
+        return ""
+    return " PTQ " + one(q) + ("; pruned model's PTQ " + one(pruned) if pruned and "observer" in pruned else "") + "."
+
+
 def markdown(res: dict[str, Any]) -> str:
     c = res.get("cpu", {})
     la0, la1 = res.get("loadavg_start"), res.get("loadavg_end")
@@ -169,7 +183,8 @@ def markdown(res: dict[str, Any]) -> str:
             q = r.get("edgecnn_quantize")
             if q:
                 lines += [f"edgecnn PT2E fake-quant: fp32 top-1 {q['float_test'].get('top1')}% -> int8 "
-                          f"{q['int8_test'].get('top1')}% ({'first ' + str(q['test_images']) + ' test images' if q.get('test_images') else 'whole test split'}). MACs {r.get('macs', 0) / 1e6:.1f} M.", ""]
+                          f"{q['int8_test'].get('top1')}% ({'first ' + str(q['test_images']) + ' test images' if q.get('test_images') else 'whole test split'}). MACs {r.get('macs', 0) / 1e6:.1f} M."
+                          + observer_sentence(q, r.get("edgecnn_quantize_pruned")), ""]
             scr = r.get("ort_screen")
             if scr:
                 lines += [f"ORT quantize_static: all {len([x for x in r['rows'] if x['key'].startswith('ort/peer-')])} "

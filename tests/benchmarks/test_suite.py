@@ -269,3 +269,28 @@ def test_goal_within_noise_only_when_neither_paired_figure_says_worse():
     md = markdown({"command": "x", "git": {"commit": "abc", "dirty_files": []}, "started": "now",
                    "cpu": {"flags": ["avx2"], "ort_u8s8_saturates": True}})
     assert "flags: avx2; ONNX Runtime u8s8 kernels saturate: True" in md
+
+
+def test_write_results_records_the_end_of_the_run_and_writes_json_and_markdown(tmp_path):
+    import json
+    import time
+
+    res = {"command": "x"}
+    t0 = time.perf_counter() - 2.0
+    bench_run.write_results(res, tmp_path / "r.json", lambda r: f"took {r['seconds']:.0f} s\n", t0)
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["seconds"] >= 2.0 and "loadavg_end" in written
+    assert (tmp_path / "r.md").read_text() == f"took {written['seconds']:.0f} s\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]   # no temp files left
+
+
+def test_the_report_names_the_observer_ptq_chose_and_the_val_figures_it_chose_on():
+    from suite_report import observer_sentence
+
+    search = {"chosen": "minmax", "val_images": 500,
+              "candidates": [{"observer": "histogram", "val_agreement": 90.2}, {"observer": "minmax", "val_agreement": 91.0}]}
+    s = observer_sentence({"observer": "minmax", "observer_search": search},
+                          {"observer": "histogram", "observer_search": None})
+    assert "observer minmax (auto; val agreement with float on 500 images: histogram 90.2%, minmax 91.0%)" in s
+    assert s.endswith("pruned model's PTQ observer histogram.")
+    assert observer_sentence({"float_test": {}}, None) == ""   # results written before the suite recorded it
