@@ -403,6 +403,21 @@ def ort_quantize_static(fp32: Path, x_cal: np.ndarray, out_dir: Path, config: tu
     return out_dir / name
 
 
+def stored_weight_types(path: Path) -> dict[str, int]:
+    """Element types of the quantized weights an ONNX file holds (its 8-bit initializers of 2 or more
+    dimensions; scales and zero points are 0- or 1-D), e.g. {'int8': 20, 'uint8': 1}. ORT's
+    `quantize_static` does not always store what `weight_type` asked: in QOperator format with
+    per-channel weights it writes conv weights as int8 whatever was asked."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for t in onnx.load(str(path), load_external_data=False).graph.initializer:
+        if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and len(t.dims) >= 2:
+            name = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def nncf_quantize(fp32_onnx: Path, x_cal: np.ndarray, xml: Path, preset: str) -> Path:
     import nncf
     import openvino as ov
@@ -508,6 +523,7 @@ def build_rows(name: str, float_model, pruned: dict[str, tuple], data, cal_n: in
             p = step(f"ORT quantize_static {label}", lambda c=c: ort_quantize_static(fp32_onnx, x_cal, work, c), r)
             if p:
                 r.opener, r.files = session_opener(p, "onnxruntime"), [p]
+                r.config["weights_stored"] = stored_weight_types(p)
                 rows.append(r)
         for preset_name in cfg.nncf_presets:
             r = Row(f"ov/peer-nncf-{preset_name}", f"NNCF quantize (preset {preset_name})", "peer", "openvino",

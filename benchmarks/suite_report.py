@@ -67,6 +67,9 @@ def table(r: dict[str, Any]) -> list[str]:
             notes.append(f"XNNPACK: {sum(k['delegated_ops'].values())} ops delegated, outside: {k['outside_delegate'] or 'none'}")
         elif k:
             notes.append("runs: " + ", ".join(f"{n} {v}" for n, v in k.items()))
+        stored, asked = c.get("weights_stored"), {"u8": "uint8", "s8": "int8"}.get(c.get("weights"))
+        if stored and asked and set(stored) != {asked}:
+            notes.append(f"**weights asked {c['weights']}, stored " + ", ".join(f"{t} {n}" for t, n in stored.items()) + "**")
         if "changes" in c:
             notes.append("lowering " + ", ".join(f"{k} {v}" for k, v in c["changes"].items())
                          + ("" if c.get("exact") else " (inexact passes)"))

@@ -294,3 +294,26 @@ def test_the_report_names_the_observer_ptq_chose_and_the_val_figures_it_chose_on
     assert "observer minmax (auto; val agreement with float on 500 images: histogram 90.2%, minmax 91.0%)" in s
     assert s.endswith("pruned model's PTQ observer histogram.")
     assert observer_sentence({"float_test": {}}, None) == ""   # results written before the suite recorded it
+
+
+def test_a_peer_file_whose_weights_are_not_the_asked_type_is_flagged(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from suite_report import table
+
+    inits = [numpy_helper.from_array(np.zeros((4, 4, 3, 3), np.int8), "w_conv"),
+             numpy_helper.from_array(np.zeros((4, 10), np.uint8), "w_gemm"),
+             numpy_helper.from_array(np.zeros(4, np.uint8), "w_zero_point")]   # 1-D: not a weight
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], inits)
+    onnx.save(helper.make_model(graph), tmp_path / "peer.onnx")
+    stored = suite.stored_weight_types(tmp_path / "peer.onnx")
+    assert stored == {"int8": 1, "uint8": 1}
+
+    row = {"method": "ORT quantize_static QOperator u8u8", "runtime": "onnxruntime", "precision": "int8",
+           "top1": 90.0, "agreement": 99.0, "p50_1t": 1.0, "p50_all": 1.0, "status": "ok", "error": None,
+           "size_bytes": 1000, "config": {"weights": "u8", "weights_stored": stored}}
+    assert "**weights asked u8, stored int8 1, uint8 1**" in "\n".join(table({"rows": [row]}))
+    row["config"]["weights_stored"] = {"uint8": 2}
+    assert "weights asked" not in "\n".join(table({"rows": [row]}))
