@@ -1118,7 +1118,7 @@ def quantize_stage(ctx, cfg: QuantizeConfig):
     metrics = {"float_top1": result.float_test["top1"], "int8_top1": result.int8_test["top1"],
                "accuracy_drop": result.accuracy_drop, "float_layers": len(result.kept_float),
                "quantized_layers": len(result.quantized_layers), "calibration_images": result.calibration["count"],
-               "seconds": round(result.seconds, 2),
+               "seconds": round(result.seconds, 2), "observer": result.observer,
                "test": result.int8_test,   # the int8 graph's figures, as every stage reports its model's
                "float_layer_names": list(result.kept_float)}
     if result.fallback is not None:

@@ -255,3 +255,6 @@ def test_default_recipe_int8_files_are_at_most_30_percent_where_reachable(tmp_pa
     assert "\n\t" not in xml and "Runtime_version" not in xml
     for a in arts.values():
         assert a.verification["passed"] and a.verification["top1_agreement"] >= 0.98
+    import json
+    q = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["quantize"]["metrics"]
+    assert q["observer"] in ("histogram", "minmax")     # 'auto' resolved, and the manifest says to what
