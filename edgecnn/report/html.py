@@ -9,7 +9,7 @@ from typing import Any
 
 from edgecnn.report import plots
 from edgecnn.report.markdown import DASH, fmt, kib, si
-from edgecnn.report.rows import measurement_rows
+from edgecnn.report.rows import measurement_rows, runtime_label
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -114,7 +114,7 @@ def _section_measurements(report: dict[str, Any]) -> str:
         ok = r.get("status", "ok") == "ok"
         lat, acc = r["latency_ms"], r["accuracy"]
         cells.append([Raw('<span class="star">★</span>') if r.get("pareto") else "", r["artifact"], r["target"],
-                      r.get("runtime") or DASH, r.get("precision") or DASH,
+                      runtime_label(r) or DASH, r.get("precision") or DASH,
                       fmt(acc.get("top1")) if ok else Raw(f'<span class="bad">{e(r.get("status"))}</span>'),
                       fmt(acc.get("top5")), fmt(r["agreement"].get("top1_agreement")),
                       fmt(r["agreement"].get("max_abs_diff"), 4), fmt(lat.get("p50"), 3), fmt(lat.get("p90"), 3),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecnn.report.rows import measurement_rows
+from edgecnn.report.rows import measurement_rows, runtime_label
 
 DASH = "–"
 
@@ -75,7 +75,7 @@ def render_markdown(report: dict[str, Any], gates: list[dict[str, Any]] | None =
                   "Batch-1 latency; ★ marks the accuracy/latency Pareto front of each target.", ""]
         lines += _table(["artifact", "target", "runtime", "top-1 %", "agreement %", "p50 ms", "p90 ms", "p99 ms",
                          "img/s", "peak RSS MiB", ""],
-                        [[r["artifact"], r["target"], r.get("runtime") or DASH,
+                        [[r["artifact"], r["target"], runtime_label(r) or DASH,
                           fmt(r["accuracy"].get("top1")) if r.get("status", "ok") == "ok" else f"{r.get('status')}: {r.get('error') or ''}",
                           fmt(r["agreement"].get("top1_agreement")), fmt(r["latency_ms"].get("p50"), 3),
                           fmt(r["latency_ms"].get("p90"), 3), fmt(r["latency_ms"].get("p99"), 3),

@@ -50,6 +50,23 @@ def _aliases(a: dict[str, Any]) -> set[str]:
     return out
 
 
+def _compute_precision(m: dict[str, Any]) -> str | None:
+    """The precision the runtime says it computed in, where it says (OpenVINO's compiled
+    INFERENCE_PRECISION_HINT: 'bf16' by default on CPUs with bf16 units, whatever the file holds)."""
+    options = _sub(_sub(_sub(m, "env"), "session"), "options")
+    p = options.get("inference_precision")
+    return str(p) if p else None
+
+
+def runtime_label(r: dict[str, Any]) -> str | None:
+    """The runtime column of a normalized row: the runtime, plus the compute precision where an fp32
+    artifact ran in less than f32 (an 'fp32' figure that was computed in bf16 must say so)."""
+    cp = r.get("compute_precision")
+    if r.get("runtime") and r.get("precision") == "fp32" and cp and cp != "f32":
+        return f"{r['runtime']} ({cp} compute)"
+    return r.get("runtime")
+
+
 def normalize_measurement(m: dict[str, Any]) -> dict[str, Any]:
     """One artifact x target (x runtime) row in the report's shape (docs/report-schema.md)."""
     acc, agr, tp, mem = _sub(m, "accuracy"), _sub(m, "agreement"), m.get("throughput"), _sub(m, "memory")
@@ -82,6 +99,7 @@ def normalize_measurement(m: dict[str, Any]) -> dict[str, Any]:
         "size_bytes": m.get("size_bytes"),
         "threads": m.get("threads"),
         "remote": bool(m.get("remote", False)),
+        "compute_precision": _compute_precision(m),
         "env": m.get("env") or {},
         # Per-image outputs on the measured test images, paths relative to the run directory.
         "logits": m.get("logits"),

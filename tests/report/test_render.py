@@ -53,3 +53,26 @@ def test_sensitivity_png_embedded_when_no_data(fake_run, tmp_path):
     page = render_html(build_report(manifest, run_dir), run_dir)
     assert "Pruning sensitivity" in page
     shutil.rmtree(run_dir / "prune")
+
+
+def test_an_fp32_artifact_computed_in_bf16_says_so(fake_report):
+    from edgecnn.report.rows import normalize_measurement, runtime_label
+
+    flat = {"name": "model_fp32.xml", "target": "local-cpu", "runtime": "openvino", "format": "openvino",
+            "precision": "fp32", "env": {"session": {"options": {"inference_precision": "bf16"}}}}
+    row = normalize_measurement(flat)
+    assert row["compute_precision"] == "bf16" and runtime_label(row) == "openvino (bf16 compute)"
+    assert runtime_label({**row, "compute_precision": "f32"}) == "openvino"
+    assert runtime_label({**row, "precision": "int8"}) == "openvino"      # int8 files say what they hold
+    assert normalize_measurement({**flat, "env": {}})["compute_precision"] is None
+
+    marked = 0
+    for a in fake_report["artifacts"]:
+        for m in a["measurements"]:
+            if m["runtime"] == "openvino":
+                m["compute_precision"] = "bf16"
+                marked += m["precision"] == "fp32"
+    assert marked
+    md = render_markdown(fake_report)
+    assert md.count("openvino (bf16 compute)") == marked
+    assert render_html(fake_report).count("openvino (bf16 compute)") == marked
