@@ -92,6 +92,7 @@ from torch import nn
 
 from edgecnn.config import check, to_dict
 from edgecnn.errors import CheckpointError, EdgecnnError
+from edgecnn.progress import progress, status
 from edgecnn.registry import Registry
 from edgecnn.train import TrainConfig
 
@@ -865,9 +866,9 @@ def _fallback_search(layers: list[str], measure_: Callable[[list[str]], tuple[fl
 
     # 1. Sensitivity: quantize everything except one layer; the more that recovers, the more sensitive.
     sens = []
-    for layer in layers:
-        if layer in kept:
-            continue
+    todo = [layer for layer in layers if layer not in kept]
+    for layer in progress(todo, len(todo), "int8 sensitivity"):   # one PTQ per layer: minutes on big models
+        status(layer)
         l_top1, l_kl = measure(kept + [layer])
         sens.append({"layer": layer, "val_top1_when_float": round(l_top1, 2),
                      "recovers_points": round(l_top1 - top1, 2), "kl_when_float": round(l_kl, 6)})

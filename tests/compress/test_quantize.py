@@ -323,6 +323,25 @@ def test_fallback_search_grows_then_shrinks_to_fewest_layers():
     assert out["trials"] == len(calls)
 
 
+def test_fallback_search_shows_progress_layer_by_layer(monkeypatch):
+    """The leave-one-out ranking runs one PTQ per layer (minutes on a 52-layer model at 224 px): the
+    progress display counts the layers and names the one being measured; kept layers are skipped."""
+    import importlib
+
+    q = importlib.import_module("edgecnn.compress.quantize")   # the package exports a function of that name
+    shown, bars = [], []
+
+    def fake_progress(items, total, description):
+        bars.append((description, total))
+        yield from items
+
+    monkeypatch.setattr(q, "progress", fake_progress)
+    monkeypatch.setattr(q, "status", shown.append)
+    q._fallback_search(["A", "K", "B"], lambda fl: (80.0 + len(fl), 0.0), float_top1=90.0, budget=1.0,
+                       max_candidates=0, kept=["K"])
+    assert bars == [("int8 sensitivity", 2)] and shown == ["A", "B"]
+
+
 def test_fallback_search_stops_at_one_layer_and_reports_unreachable():
     from edgecnn.compress.quantize import _fallback_search
 
