@@ -1002,7 +1002,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     kept = list(config.float_layers)
     bias_corrected: list[str] = []
     run_config = config      # with observer 'auto' resolved
-    auto = config.mode == "ptq" and config.resolved_observer == "auto"
+    auto = config.resolved_observer == "auto"   # PTQ only: the config refuses it for QAT
     if config.max_accuracy_drop is not None or auto:
         val_x, val_y = data.tensors("val", limit=config.sensitivity_samples)
         val_x = list(val_x.split(256))
