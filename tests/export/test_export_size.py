@@ -233,11 +233,11 @@ def test_compact_xml_leaves_a_document_it_would_change_as_it_is():
     assert compact_xml(changes_text) == changes_text
 
 
-@pytest.mark.slow   # the default recipe up to export: ~2 min on 2 quiet cores
-def test_default_recipe_int8_files_are_at_most_30_percent_where_reachable(tmp_path):
-    """Whole files, as the issue counts them: ONNX and TFLite int8 at most 30% of fp32. The IR's .xml
-    describes every layer in text, more than this 40k-parameter model's int8 weights
-    (docs/architecture.md), so there the .bin is held to 30% and the whole IR to what pass 2 gave."""
+@pytest.mark.slow   # the default recipe up to export: ~2.5 min on 2 quiet cores
+def test_default_recipe_int8_files_are_at_most_30_percent_of_fp32(tmp_path):
+    """Whole files, as the issue counts them (the IR as .xml + .bin, what a user ships). The recipe's
+    width is what makes this hold for the IR: its .xml grows with layers, not weights
+    (benchmarks/results/default_recipe.md: 46% at width 16, 29% at the default 40)."""
     from edgecnn.export import Artifact
     from edgecnn.pipeline import Pipeline
     from edgecnn.recipe import load_recipe
@@ -247,14 +247,13 @@ def test_default_recipe_int8_files_are_at_most_30_percent_where_reachable(tmp_pa
     arts = {(a.format, a.precision): a for a in map(Artifact.load, sorted(out.glob("*.json")))}
     assert len(arts) == 6
     ratio = {f: arts[(f, "int8")].size_bytes / arts[(f, "fp32")].size_bytes for f in ("onnx", "tflite", "openvino")}
-    assert ratio["onnx"] <= 0.30 and ratio["tflite"] <= 0.30, ratio
-    assert ratio["openvino"] <= 0.47, ratio
+    assert all(r <= 0.30 for r in ratio.values()), ratio
     bins = {p: (out / f"model_{p}.bin").stat().st_size for p in ("fp32", "int8")}
-    assert bins["int8"] <= 0.30 * bins["fp32"], bins
+    assert bins["int8"] <= 0.26 * bins["fp32"], bins      # int8 weights, not float ones with int8 beside them
     xml = (out / "model_int8.xml").read_text()
     assert "\n\t" not in xml and "Runtime_version" not in xml
-    for a in arts.values():
-        assert a.verification["passed"] and a.verification["top1_agreement"] >= 0.98
+    for a in arts.values():   # the issue's bar: 99.5% top-1 agreement with the reference in every runtime
+        assert a.verification["passed"] and a.verification["top1_agreement"] >= 0.995, (a.files[0].name, a.verification)
     import json
     q = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["quantize"]["metrics"]
     assert q["observer"] in ("histogram", "minmax")     # 'auto' resolved, and the manifest says to what
