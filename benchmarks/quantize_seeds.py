@@ -75,7 +75,7 @@ def instance(model_name: str, seed: int, data32, data224, x: np.ndarray, y: np.n
         work = Path(tmp)
         for i, (label, fields) in enumerate([("defaults", {}), *variants]):
             q = suite.quantize_edgecnn(model, data224, CAL, test_limit=32, **fields)
-            if q.observer_search:    # observer 'auto': what it chose on this instance, from which val figures
+            if q.observer_search:    # what the search chose on this instance, from which val figures
                 chosen[f"edgecnn PTQ, {label}"] = q.observer_search
             raw = suite.export_onnx(q.model, example, work / f"v{i}.onnx", "int8")
             path, _ = suite.lowered_onnx(raw, work / f"v{i}_ort.onnx", "onnxruntime")
@@ -130,6 +130,13 @@ def pooled(pairs: list[dict]) -> dict:
     return suite.paired_counts(n, b, c)
 
 
+def choice_label(search: dict) -> str:
+    """'minmax', or 'minmax, bc off' where the search also chose bias correction (since stop 17)."""
+    if "bias_correction" not in search:
+        return search["chosen"]
+    return f"{search['chosen']}, bc {'on' if search['bias_correction'] else 'off'}"
+
+
 def markdown(res: dict) -> str:
     seeds = list(res["instances"])
     rows = list(res["mean_top1"])
@@ -145,12 +152,13 @@ def markdown(res: dict) -> str:
         for s in seeds:
             r = res["instances"][s][k]
             vs = " / ".join(f"{v['diff_pp']:+.1f}, p {v['p_value']:.2g}" for v in r.get("vs", {}).values())
-            picked = f" [{r['observer_search']['chosen']}]" if r.get("observer_search") else ""
+            picked = f" [{choice_label(r['observer_search'])}]" if r.get("observer_search") else ""
             cells.append(f"{r['top1']:.1f}{picked}" + (f" ({vs})" if vs else ""))
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {res['mean_top1'][k]:.2f} |")
     if any(r.get("observer_search") for i in res["instances"].values() for r in i.values()):
-        lines += ["", "In square brackets: the observer 'auto' kept on that instance (most val images whose int8 "
-                  "top-1 agrees with the float model's)."]
+        lines += ["", "In square brackets: what PTQ's search kept on that instance (most val images whose int8 "
+                  "top-1 agrees with the float model's): the observer, and whether it bias-corrected ('bc on' / "
+                  "'bc off') where the search chose that too."]
     lines += ["", "Pooled over the instances (discordant images summed; edgecnn - peer, 95% interval, McNemar p):", ""]
     for k, by_peer in res.get("pooled", {}).items():
         lines.append(f"- {k}: " + "; ".join(

@@ -114,8 +114,13 @@ def observer_sentence(q: dict, pruned: dict | None) -> str:
         s = rec.get("observer_search")
         if not s:
             return f"observer {rec['observer']}"
-        return (f"observer {s['chosen']} (auto; val agreement with float on {s['val_images']} images: "
-                + ", ".join(f"{c['observer']} {c['val_agreement']}%" for c in s["candidates"]) + ")")
+        def name(c: dict) -> str:
+            bc = c.get("bias_correction")
+            return c["observer"] + ("" if bc is None else f" bc {'on' if bc else 'off'}")
+        bc = s.get("bias_correction")
+        kept = "" if bc is None else f", bias correction {'on' if bc else 'off'}"
+        return (f"observer {s['chosen']}{kept} (auto; val agreement with float on {s['val_images']} images: "
+                + ", ".join(f"{name(c)} {c['val_agreement']}%" for c in s["candidates"]) + ")")
     if "observer" not in q:
         return ""
     return " PTQ " + one(q) + ("; pruned model's PTQ " + one(pruned) if pruned and "observer" in pruned else "") + "."

@@ -294,6 +294,19 @@ def test_the_report_names_the_observer_ptq_chose_and_the_val_figures_it_chose_on
     assert "observer minmax (auto; val agreement with float on 500 images: histogram 90.2%, minmax 91.0%)" in s
     assert s.endswith("pruned model's PTQ observer histogram.")
     assert observer_sentence({"float_test": {}}, None) == ""   # results written before the suite recorded it
+    both = {"chosen": "minmax", "bias_correction": False, "val_images": 500,
+            "candidates": [{"observer": "minmax", "bias_correction": True, "val_agreement": 90.2},
+                           {"observer": "minmax", "bias_correction": False, "val_agreement": 91.0}]}
+    s = observer_sentence({"observer": "minmax", "observer_search": both}, None)
+    assert "observer minmax, bias correction off (auto; val agreement with float on 500 images: " \
+           "minmax bc on 90.2%, minmax bc off 91.0%)" in s
+
+
+def test_the_seeds_table_names_what_the_search_kept():
+    from quantize_seeds import choice_label
+
+    assert choice_label({"chosen": "histogram"}) == "histogram"      # results from before the correction was searched
+    assert choice_label({"chosen": "minmax", "bias_correction": False}) == "minmax, bc off"
 
 
 def test_a_peer_file_whose_weights_are_not_the_asked_type_is_flagged(tmp_path):

@@ -60,9 +60,12 @@ def test_ptq_accuracy_within_bound_and_input_untouched(trained, digits):
     d = res.to_dict()
     json.dumps(d)
     assert d["accuracy_drop"] == res.accuracy_drop
-    # PTQ's default observer is 'auto': one calibration per candidate, the choice recorded
+    # PTQ's defaults (observer 'auto', bias_correction null) are searched: observer x correction on/off
     assert d["config"]["observer"] is None and d["observer"] == d["observer_search"]["chosen"]
-    assert [c["observer"] for c in d["observer_search"]["candidates"]] == ["histogram", "minmax"]
+    assert d["config"]["bias_correction"] is None and d["bias_correction"] == d["observer_search"]["bias_correction"]
+    assert [(c["observer"], c["bias_correction"]) for c in d["observer_search"]["candidates"]] == [
+        ("histogram", True), ("histogram", False), ("minmax", True), ("minmax", False)]
+    assert bool(res.bias_corrected) == res.bias_correction
 
 
 @pytest.mark.parametrize("observer", ACTIVATION_OBSERVERS.names())
@@ -75,25 +78,41 @@ def test_auto_observer_keeps_the_candidate_that_agrees_with_float_on_most_val_im
     cands = ["percentile", "histogram", "minmax"]
     res = quantize(trained, QuantizeConfig(observer="auto", observer_candidates=cands, **FAST), digits)
     search = res.observer_search
-    assert [c["observer"] for c in search["candidates"]] == cands
+    choices = [(o, bc) for o in cands for bc in (True, False)]
+    assert [(c["observer"], c["bias_correction"]) for c in search["candidates"]] == choices
     assert search["val_images"] == len(digits.splits["val"])
-    # each candidate's figures are those of a plain PTQ with that observer, on the same val images
+    # each candidate's figures are those of a plain PTQ with that observer and correction, on the same val images
     vx, _ = digits.tensors("val")
     with torch.no_grad():
         ref = trained.eval()(vx).argmax(1)
         for c in search["candidates"]:
-            alone = quantize(trained, QuantizeConfig(observer=c["observer"], **FAST), digits)
+            alone = quantize(trained, QuantizeConfig(observer=c["observer"], bias_correction=c["bias_correction"],
+                                                     **FAST), digits)
+            assert alone.observer_search is None and bool(alone.bias_corrected) == c["bias_correction"]
             agree = 100.0 * (alone.model(vx).argmax(1) == ref).float().mean().item()
             assert c["val_agreement"] == pytest.approx(agree, abs=0.01), c
-    best = max(range(len(cands)), key=lambda i: (search["candidates"][i]["val_agreement"],
-                                                 search["candidates"][i]["val_top1"], -i))
-    assert search["chosen"] == cands[best] == res.observer == res.to_dict()["observer"]
-    # the model returned is the chosen candidate's PTQ, bias correction included
-    chosen = quantize(trained, QuantizeConfig(observer=search["chosen"], **FAST), digits)
+    best = max(range(len(choices)), key=lambda i: (search["candidates"][i]["val_agreement"],
+                                                   search["candidates"][i]["val_top1"], -i))
+    assert (search["chosen"], search["bias_correction"]) == choices[best]
+    assert search["chosen"] == res.observer == res.to_dict()["observer"]
+    assert search["bias_correction"] == res.bias_correction == res.to_dict()["bias_correction"]
+    # the model returned is the chosen candidate's PTQ
+    chosen = quantize(trained, QuantizeConfig(observer=search["chosen"], bias_correction=search["bias_correction"],
+                                              **FAST), digits)
     with torch.no_grad():
         assert torch.equal(res.model(vx), chosen.model(vx))
     assert res.bias_corrected == chosen.bias_corrected and res.int8_test == chosen.int8_test
     json.dumps(res.to_dict())
+
+
+def test_a_named_observer_or_a_set_bias_correction_is_not_searched(trained, digits):
+    named = quantize(trained, QuantizeConfig(observer="minmax", **FAST), digits).observer_search
+    assert [(c["observer"], c["bias_correction"]) for c in named["candidates"]] == [("minmax", True), ("minmax", False)]
+    off = quantize(trained, QuantizeConfig(bias_correction=False, **FAST), digits)
+    assert [c["bias_correction"] for c in off.observer_search["candidates"]] == [False, False]
+    assert off.bias_corrected == [] and off.bias_correction is False
+    fixed = quantize(trained, QuantizeConfig(observer="histogram", bias_correction=True, **FAST), digits)
+    assert fixed.observer_search is None and fixed.bias_corrected and fixed.to_dict()["bias_correction"] is True
 
 
 def test_per_tensor_with_bias_correction(trained, digits):
@@ -102,11 +121,12 @@ def test_per_tensor_with_bias_correction(trained, digits):
     assert res.accuracy_drop <= 3.0
 
 
-def test_bias_correction_is_on_for_ptq_by_default_and_off_for_qat(trained, digits):
-    default = quantize(trained, QuantizeConfig(**FAST), digits)
-    assert default.bias_corrected, "PTQ should bias-correct by default"
-    off = quantize(trained, QuantizeConfig(bias_correction=False, **FAST), digits)
+def test_bias_correction_is_chosen_for_ptq_by_default_and_off_for_qat(trained, digits):
+    on = quantize(trained, QuantizeConfig(observer="minmax", bias_correction=True, **FAST), digits)
+    assert set(on.bias_corrected) == set(quantizable_layers(export_graph(trained, digits.example_input(2))))
+    off = quantize(trained, QuantizeConfig(observer="minmax", bias_correction=False, **FAST), digits)
     assert off.bias_corrected == []
+    assert QuantizeConfig().resolved_bias_correction is True      # what _ptq does when nothing is searched
     assert QuantizeConfig(mode="qat").resolved_bias_correction is False
     assert from_dict(QuantizeConfig, {"mode": "qat", "bias_correction": None}, "quantize").resolved_bias_correction is False
 
