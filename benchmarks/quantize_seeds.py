@@ -20,6 +20,9 @@ side gets right, exact McNemar p); over instances: the mean top-1, and the paire
     PYTHONPATH=. python benchmarks/quantize_seeds.py --model mobilenet_v2 --seeds 0 1 2 \
         --out benchmarks/results/quantize_seeds_mobilenet_v2.json
 
+`--pruned` builds each instance as the suite builds its pruned 224 rows: edgecnn prune + distill
+at the main size, then the same adaptation to 224 px.
+
 Each instance takes ~4-6 minutes on 2 cores (training, adapting, one PTQ per row, two quantize_static).
 """
 from __future__ import annotations
@@ -60,11 +63,16 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def instance(model_name: str, seed: int, data32, data224, x: np.ndarray, y: np.ndarray,
-             variants: list[tuple[str, dict]]) -> dict:
-    """Build the seed's 224-px model and score every row on `x`; returns {row: correct (bool array)}."""
+             variants: list[tuple[str, dict]], pruned: bool = False) -> dict:
+    """Build the seed's 224-px model and score every row on `x`; returns {row: correct (bool array)}.
+    `pruned`: the suite's edgecnn prune + distill of the trained model (at the main size) is what
+    is adapted to 224 px and quantized, as the suite's pruned 224 rows are."""
     cfg = dataclasses.replace(SuiteConfig(), seed=seed)
     t = time.perf_counter()
     trained = suite.train(model_name, data32, cfg, log)
+    if pruned:
+        trained, info = suite.prune_edgecnn(trained, data32, cfg)
+        log(f"    pruned: MACs / {info['macs_ratio']}")
     model, _ = suite.adapt_224(trained, data224, cfg, log, model_name)
     model.eval()
     build_s = time.perf_counter() - t
@@ -96,6 +104,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1000, help="test images scored (default 1000, all)")
     ap.add_argument("--variants", nargs="*", default=["weight_bits=7"], metavar="FIELD=VALUE[,...]",
                     help="edgecnn PTQ rows besides the defaults: QuantizeConfig overrides (default: weight_bits=7)")
+    ap.add_argument("--pruned", action="store_true",
+                    help="each instance pruned first (the suite's edgecnn prune + distill, at the main size)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -105,11 +115,11 @@ def main() -> None:
     xt, yt = data224.tensors("test", args.test)
     x, y = xt.numpy(), yt.numpy()
     res = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "git": git()["commit"][:12], "versions": versions(),
-           "cpu": cpu(), "loadavg_start": loadavg(), "model": f"torchvision {args.model}, suite 224 mode",
+           "cpu": cpu(), "loadavg_start": loadavg(), "model": f"torchvision {args.model}{', pruned (edgecnn prune + distill)' if args.pruned else ''}, suite 224 mode",
            "calibration_images": CAL, "test_images": len(y), "instances": {}}
     variants = [parse_variant(v) for v in args.variants]
     for seed in args.seeds:
-        correct, chosen = instance(args.model, seed, data32, data224, x, y, variants)
+        correct, chosen = instance(args.model, seed, data32, data224, x, y, variants, args.pruned)
         rows = {k: {"top1": round(100.0 * float(v.mean()), 2)} for k, v in correct.items()}
         for k, search in chosen.items():
             rows[k]["observer_search"] = search
