@@ -29,13 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import cpu, cpu_line, git, loadavg, versions, write_results  # noqa: E402
+from run import cpu, cpu_line, git, loadavg, log, versions, write_results  # noqa: E402
 
 FORMATS = ("onnx", "openvino", "tflite")
-
-
-def log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def run_width(width: int, work: Path) -> dict[str, Any]:
@@ -60,8 +56,7 @@ def run_width(width: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "width": width, "run_seconds": wall,
         "stage_seconds": {k: round(v["seconds"], 1) for k, v in stages.items()},
-        "test_top1": {k: v["metrics"].get("test", {}).get("top1") for k, v in stages.items()
-                      if "test" in v.get("metrics", {})},
+        "test_top1": {k: v["metrics"]["test"]["top1"] for k, v in stages.items() if "test" in v.get("metrics", {})},
         "params": {"before": prune["params_before"], "after": prune["params_after"]},
         "macs": {"before": prune["macs_before"], "after": prune["macs_after"]},
         "quantize_observer": stages["quantize"]["metrics"].get("observer"),

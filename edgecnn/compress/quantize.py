@@ -995,9 +995,7 @@ class QuantizeResult:
     @property
     def bias_correction(self) -> bool:
         """Whether PTQ corrected the biases (null resolved: the choice on the val images)."""
-        if self.observer_search and "bias_correction" in self.observer_search:
-            return self.observer_search["bias_correction"]
-        return self.config.resolved_bias_correction
+        return self.observer_search["bias_correction"] if self.observer_search else self.config.resolved_bias_correction
 
     @property
     def accuracy_drop(self) -> float:
@@ -1050,7 +1048,7 @@ def quantize(model: nn.Module, config: QuantizeConfig, data, seed: int = 0,
     bias_corrected: list[str] = []
     run_config = config      # with observer 'auto' and bias_correction null resolved
     observers, corrections = _calibration_choices(config)
-    search = config.mode == "ptq" and len(observers) * len(corrections) > 1   # the config refuses 'auto' for QAT
+    search = len(observers) * len(corrections) > 1   # QAT: one choice (moving_average, no correction)
     if config.max_accuracy_drop is not None or search:
         val_x, val_y = data.tensors("val", limit=config.sensitivity_samples)
         val_x = list(val_x.split(256))

@@ -105,7 +105,7 @@ def test_auto_observer_keeps_the_candidate_that_agrees_with_float_on_most_val_im
     json.dumps(res.to_dict())
 
 
-def test_a_named_observer_or_a_set_bias_correction_is_not_searched(trained, digits):
+def test_a_named_observer_or_a_set_bias_correction_narrows_the_search(trained, digits):
     named = quantize(trained, QuantizeConfig(observer="minmax", **FAST), digits).observer_search
     assert [(c["observer"], c["bias_correction"]) for c in named["candidates"]] == [("minmax", True), ("minmax", False)]
     off = quantize(trained, QuantizeConfig(bias_correction=False, **FAST), digits)
